@@ -1,0 +1,36 @@
+# `make demo` and `make test` do all set-up on a fresh machine that has only Python:
+# Debian's etcd-server, a venv, the package installed so that twistd finds the evc plugin.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps etcd venv test demo bench clean
+
+deps: etcd venv
+
+etcd:
+	@command -v etcd >/dev/null && command -v etcdctl >/dev/null || { \
+	  echo "installing Debian's etcd-server and etcd-client"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq etcd-server etcd-client >/dev/null; }
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,ocpp]' --config-settings editable_mode=compat
+	touch $@
+
+test: deps
+	$(PY) -m pytest -q tests
+
+demo: deps
+	$(PY) -m evc.demo
+
+bench: deps
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .demo

@@ -1,0 +1,76 @@
+"""The contract between the supervisor and every configured instance (`<kind>/<name>`)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, ClassVar, Protocol
+
+from twisted.application import service
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from evc.errors import ConfigError
+
+
+class StateSink(Protocol):
+    """Where an instance writes its live state (`<kind>/<name>/state/<path>`), see evc.state."""
+
+    def set(self, path: str, value: Any, deadband: float | None = None) -> None:
+        """Record `value` at `path` ("A/L1", "stale"); coalesced, written within one tick. Never blocks.
+
+        `deadband`: for numbers, skip the write while |value - last written| <= deadband.
+        """
+
+    def update(self, values: dict[str, Any], deadband: float | None = None) -> None:
+        """set() for many paths."""
+
+    def delete(self, path: str) -> None:
+        """Remove one state leaf."""
+
+
+@dataclasses.dataclass
+class Context:
+    """What an instance gets from the supervisor. Nothing in an instance reaches for globals."""
+    kind: str
+    name: str
+    clock: IReactorTime
+    state: StateSink
+    resolve: Callable[[str, str], "Instance"]   # (kind, name) -> the running instance it references
+    store: Any = None                            # IStore, for data/ (persistent, not leased)
+    root: str = ""                               # the site's root, e.g. "/evc/s1"
+    reactor: Any = None                          # for connectTCP/listenTCP; tests pass MemoryReactor
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+    def data_key(self, path: str) -> str:
+        return f"{self.root}/{self.kind}/{self.name}/data/{path}"
+
+
+class Instance(service.Service):
+    """Base of every type implementation. Subclasses set `Config` (a frozen dataclass whose fields are the
+    schema's properties) and are registered with `@<KIND>S.register("<type>")`.
+
+    The supervisor validates the config against `schema/<kind>/<type>.json` (defaults applied), builds
+    `Config(**doc)` and calls `Instance(ctx, config)`; then `startService()` / `stopService()` (which may
+    return a Deferred). A config change stops the old instance and starts a new one.
+    """
+    kind: ClassVar[str]
+    type_name: ClassVar[str]
+    Config: ClassVar[type]
+
+    log = Logger()
+
+    def __init__(self, ctx: Context, config: Any):
+        self.ctx = ctx
+        self.config = config
+        self.setName(ctx.key)
+
+    @classmethod
+    def build_config(cls, doc: dict[str, Any]) -> Any:
+        """Validated dict -> frozen Config. Unknown keys were already refused by the schema."""
+        fields = {f.name for f in dataclasses.fields(cls.Config)}
+        extra = set(doc) - fields
+        if extra:
+            raise ConfigError(f"config/{sorted(extra)[0]}: not a setting of {cls.kind} type {cls.type_name}")
+        return cls.Config(**doc)
