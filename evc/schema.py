@@ -55,7 +55,7 @@ def allowed_types(ps: dict | None) -> set[str]:
     for key in ("oneOf", "anyOf"):
         for sub in ps.get(key, ()):
             out |= allowed_types(sub)
-    for v in ps.get("enum", ()) + ([ps["const"]] if "const" in ps else []):
+    for v in list(ps.get("enum", ())) + ([ps["const"]] if "const" in ps else []):
         out.add({str: "string", bool: "boolean", int: "integer", float: "number"}.get(type(v), "object"))
     return out
 
