@@ -133,6 +133,8 @@ class Framing(Protocol):
 
     def encode(self, pdu: ModbusPDU) -> bytes: ...
 
+    def encode_raw(self, pdu_bytes: bytes, unit: int, tid: int = 0) -> bytes: ...
+
     def decode(self, buf: bytes) -> tuple[int, ModbusPDU | None]: ...
 
 
@@ -140,6 +142,10 @@ class _Base:
     def __init__(self, server: bool = False):
         self.server = server
         self._decoder = DecodePDU(is_server=server)
+
+    def encode_raw(self, pdu_bytes: bytes, unit: int, tid: int = 0) -> bytes:
+        """Frame PDU bytes (function code + data) as they are: simulators use it to send odd replies."""
+        return self._framer.encode(bytes(pdu_bytes), unit, tid)
 
     def _pdu_size(self, pdu_bytes: bytes) -> int | None:
         """Expected PDU length (function code included) from its first bytes; 0 = need more; None = impossible."""

@@ -1,0 +1,1 @@
+"""Simulators for the demo and the tests: meters (sdm), Modbus serving (modbus), RS485 bus, EVSE, car."""
