@@ -12,22 +12,17 @@ silent or disagree:
 - 2001 (unit address) is stored but, as on a device that reads it at boot, not applied while on the bus.
 - Writing a read-only register answers exception 02, a value out of range exception 03, any function other
   than 03, 06 and 16 exception 01. Reads must lie inside 1000-1007 or 2000-2017 (else 02).
+
+It is a `SimDevice` (evc.sim.modbus), so it also takes that class's bus faults (`set_fault("silent")`, ...);
+its own charging faults (diode check, RCD) are `charge_fault`.
 """
 from __future__ import annotations
 
-from pymodbus.pdu import ExceptionResponse, ModbusPDU
-from pymodbus.pdu.register_message import (
-    ReadHoldingRegistersResponse,
-    WriteMultipleRegistersResponse,
-    WriteSingleRegisterResponse,
-)
 from twisted.logger import Logger
 
-log = Logger()
+from evc.sim.modbus import ILLEGAL_ADDRESS, ILLEGAL_FUNCTION, ILLEGAL_VALUE, SimDevice, SimModbusError
 
-ILLEGAL_FUNCTION = 0x01
-ILLEGAL_ADDRESS = 0x02
-ILLEGAL_VALUE = 0x03
+log = Logger()
 
 # Register numbers (PDU addresses, no 40001 offset).
 REG_SET_CURRENT = 1000
@@ -79,13 +74,13 @@ CFG_DISABLE_AFTER_CHARGE = 1 << 13
 CFG_DISABLED = 1 << 14
 CFG_BOOTLOADER = 1 << 15
 
-FAULTS = ("diode", "rcd")
+CHARGE_FAULTS = ("diode", "rcd")
 RCD_AUTOCLEAR_S = 30.0
 MAX_READ_COUNT = 125
 MAX_WRITE_COUNT = 123
 
 
-class SimEvse:
+class SimEvse(SimDevice):
     """One EVSE-DIN board at Modbus address `unit`, wired for `phases` phases.
 
     `max_current_A` is the board's hardware limit (values above it in 1000 are refused), `pp_limit_A` the
@@ -99,8 +94,8 @@ class SimEvse:
                  firmware: int = 18, config_bits: int = 0, clock=None, selftest_s: float = 30.0):
         if phases not in (1, 3):
             raise ValueError(f"EVSE {name}: phases must be 1 or 3, not {phases}")
+        super().__init__(unit)
         self.name = name
-        self.unit = unit
         self.phases = phases
         self.max_current_A = max_current_A
         self.pp_limit_A = pp_limit_A
@@ -120,7 +115,7 @@ class SimEvse:
         for reg, amps in zip(range(2010, 2018), (6, 10, 16, 25, 32, 48, 63, 80)):
             self._config[reg] = amps
         self.car = None
-        self.fault: str | None = None
+        self.charge_fault: str | None = None
         self._off = False
         self._selftest_call = None
         self._rcd_clear_call = None
@@ -153,25 +148,25 @@ class SimEvse:
         if self.car is not car:
             return
         self.car = None
-        if self.fault == "diode":
-            self.fault = None
+        if self.charge_fault == "diode":
+            self.charge_fault = None
         if car.session_Wh > 0 and self._config[REG_CONFIG_BITS] & CFG_DISABLE_AFTER_CHARGE:
             self._config[REG_CONFIG_BITS] |= CFG_DISABLED
             log.info("{evse}: session over, disabled (2005 bit13)", evse=self.name)
 
     # -- faults ----------------------------------------------------------------------------------------
 
-    def inject_fault(self, kind: str) -> None:
+    def inject_charge_fault(self, kind: str) -> None:
         """`diode` (cleared by unplugging) or `rcd` (cleared by 1004 bit2, or after 30 s with 2005 bit5)."""
-        if kind not in FAULTS:
-            raise ValueError(f"unknown fault {kind!r}, known: {', '.join(FAULTS)}")
-        self.fault = kind
+        if kind not in CHARGE_FAULTS:
+            raise ValueError(f"unknown charge fault {kind!r}, known: {', '.join(CHARGE_FAULTS)}")
+        self.charge_fault = kind
         if kind == "rcd" and self._config[REG_CONFIG_BITS] & CFG_RCD_AUTOCLEAR and self._clock is not None:
             self._cancel(self._rcd_clear_call)
-            self._rcd_clear_call = self._clock.callLater(RCD_AUTOCLEAR_S, self.clear_fault)
+            self._rcd_clear_call = self._clock.callLater(RCD_AUTOCLEAR_S, self.clear_charge_fault)
 
-    def clear_fault(self) -> None:
-        self.fault = None
+    def clear_charge_fault(self) -> None:
+        self.charge_fault = None
 
     # -- derived state ---------------------------------------------------------------------------------
 
@@ -203,7 +198,7 @@ class SimEvse:
     @property
     def offered_A(self) -> float:
         """The current a plugged-in car may draw now: 0 without PWM or with a fault."""
-        if self.car is None or self.fault is not None:
+        if self.car is None or self.charge_fault is not None:
             return 0.0
         return self.advertised_A
 
@@ -221,7 +216,7 @@ class SimEvse:
     def vehicle_state(self) -> int:
         if self.car is None:
             return VEHICLE_READY
-        if self.fault is not None:
+        if self.charge_fault is not None:
             return VEHICLE_FAILURE
         # A car only closes S2 when it sees a PWM to answer; without one it stays in B.
         if self.car.wants_charge and self.offered_A > 0:
@@ -241,13 +236,13 @@ class SimEvse:
         bits = 0
         if self.relay_on:
             bits |= STATUS_RELAY_ON
-        if self.fault == "diode":
+        if self.charge_fault == "diode":
             bits |= STATUS_DIODE_FAIL
         if self._ventilation_refused and self.car.wants_charge:
             bits |= STATUS_VENT_FAIL
         if self.selftest_running:
             bits |= STATUS_RCD_TEST
-        if self.fault == "rcd":
+        if self.charge_fault == "rcd":
             bits |= STATUS_RCD_ERROR
         return bits
 
@@ -298,8 +293,8 @@ class SimEvse:
             log.debug("{evse}: set current {current_A} A", evse=self.name, current_A=self.set_current_A)
         elif reg == REG_COMMAND:
             self._off = bool(value & CMD_OFF)
-            if value & CMD_CLEAR_RCD and self.fault == "rcd":
-                self.fault = None
+            if value & CMD_CLEAR_RCD and self.charge_fault == "rcd":
+                self.charge_fault = None
             if value & CMD_SELFTEST and not self.selftest_running:
                 self._start_selftest()
         else:
@@ -333,32 +328,18 @@ class SimEvse:
             return ILLEGAL_ADDRESS
         return [self.read_register(reg) for reg in range(address, last + 1)]
 
-    # -- Modbus ----------------------------------------------------------------------------------------
+    # -- Modbus (the SimDevice banks) -------------------------------------------------------------------
 
-    def handle(self, request: ModbusPDU) -> ModbusPDU | None:
-        """Answer one request PDU (the RS485 bus calls this); a broadcast (dev_id 0) gets no answer."""
-        fc = request.function_code
-        if fc == 3:
-            result = self.read_registers(request.address, request.count)
-            if isinstance(result, int):
-                response = ExceptionResponse(fc, result)
-            else:
-                response = ReadHoldingRegistersResponse(registers=result)
-        elif fc == 6:
-            code = self.write_registers(request.address, list(request.registers[:1]))
-            response = (ExceptionResponse(fc, code) if code is not None
-                        else WriteSingleRegisterResponse(address=request.address, registers=list(request.registers[:1])))
-        elif fc == 16:
-            values = list(request.registers)
-            if request.count != len(values):
-                code = ILLEGAL_VALUE
-            else:
-                code = self.write_registers(request.address, values)
-            response = (ExceptionResponse(fc, code) if code is not None
-                        else WriteMultipleRegistersResponse(address=request.address, count=len(values)))
-        else:
-            response = ExceptionResponse(fc, ILLEGAL_FUNCTION)
-        if request.dev_id == 0:
-            return None
-        response.dev_id = self.unit
-        return response
+    def read_holding(self, address: int, count: int) -> list[int]:
+        result = self.read_registers(address, count)
+        if isinstance(result, int):
+            raise SimModbusError(result)
+        return result
+
+    def write_holding(self, address: int, values: list[int]) -> None:
+        if (code := self.write_registers(address, values)) is not None:
+            raise SimModbusError(code)
+
+    def read_input(self, address: int, count: int) -> list[int]:
+        # The board has holding registers only.
+        raise SimModbusError(ILLEGAL_FUNCTION)

@@ -5,9 +5,9 @@ The bus is what EVC's `conn/rs485` sees on the far side of a USB adapter (`local
 in-memory `BusPort`) has its own receive buffer, because bytes from two masters never merge into one frame
 here; the wire timing (`baud`) is shared, as on one pair of wires.
 
-A device is any object with `unit` (1..247) and `handle(request_pdu) -> response_pdu | None`, where the
-PDUs are pymodbus `ModbusPDU` objects (None = the device stays silent). Raw PDU bytes
-(function code + data) are accepted as a response too.
+A device is any object with `unit` (1..247) and `handle(request_pdu)`, the contract of
+`evc.sim.modbus.SimDevice`: it answers a pymodbus `ModbusPDU`, None (stays silent), raw PDU bytes (function
+code + data, framed here) or `Garbage(bytes)` (sent unframed in place of a reply).
 
 Framing follows a real slave: a request whose length the function code gives is taken as soon as it is
 complete; a frame with a bad CRC is dropped without a reply, along with everything buffered with it; bytes
@@ -31,6 +31,8 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from evc.sim.modbus import Garbage
 
 log = Logger()
 
@@ -447,6 +449,8 @@ class SimRs485Bus:
             response = device.handle(request)
         if response is None:
             return None
+        if isinstance(response, Garbage):
+            return bytes(response)
         if isinstance(response, ModbusPDU):
             response = response.function_code.to_bytes(1, "big") + response.encode()
         return rtu_frame(unit, bytes(response))

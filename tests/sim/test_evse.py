@@ -172,11 +172,11 @@ def test_self_test_opens_the_relay_for_its_duration():
 def test_faults_report_state_5_and_rcd_clears_by_command(evse):
     car = SimCar("c", soc=0.2)
     car.plug(evse)
-    evse.inject_fault("rcd")
+    evse.inject_charge_fault("rcd")
     assert regs(evse, 1002) == [5] and regs(evse, 1007) == [1 << 5] and car.current_A == 0
     write6(evse, 1004, 4)
     assert regs(evse, 1002) == [3]
-    evse.inject_fault("diode")
+    evse.inject_charge_fault("diode")
     assert regs(evse, 1007) == [1 << 1]
     car.unplug()
     car.plug(evse)

@@ -10,6 +10,7 @@ from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, WriteSin
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
+from evc.sim.modbus import GARBAGE, SimDevice
 from evc.sim.rs485 import SimRs485Bus, WireTiming, crc_ok, rtu_frame
 
 
@@ -129,6 +130,19 @@ def test_corrupt_replies_break_the_crc_of_exactly_that_many_replies():
     port.feed(read_request(1))
     port.feed(read_request(1))
     assert [crc_ok(f) for f in out] == [False, True]
+
+
+def test_device_garbage_goes_out_unframed_and_device_exceptions_framed():
+    clock = task.Clock()
+    device = SimDevice(5, holding_registers={0: 1})
+    bus = SimRs485Bus(clock, [device])
+    out = []
+    port = bus.attach(out.append)
+    port.feed(read_request(5, count=3))
+    assert out == [rtu_frame(5, b"\x83\x02")]
+    device.set_fault("garbage")
+    port.feed(read_request(5, count=1))
+    assert out[1] == GARBAGE
 
 
 def test_injected_garbage_reaches_the_master():

@@ -1,0 +1,400 @@
+"""A whole simulated charging site in one process: RS485 buses with EVSEs, cars, and the grid meter.
+
+The grid meter sees, per phase, the base load (loads that are not cars, changeable while running) plus what
+every car draws, put on the grid phase its charger's `phase_map` wires it to, so control decisions show up
+in the meter readings as they would on a real site.
+
+Run it for the demo or a script:
+
+    python -m evc.sim.site --config site.yaml
+    python -m evc.sim.site --evses 2 --tcp-port 15485 --tty-link /tmp/evc-rs485 --meter-port 15020
+
+It prints one JSON line with every endpoint (tty paths, tunnel and meter ports), then reads commands, one
+per line, on stdin (and on `--control-port` if given): `status`, `base L1 L2 L3`, `plug CAR EVSE`,
+`unplug CAR`, `soc CAR FRACTION`, `hold CAR` / `release CAR`, `fault EVSE rcd|diode|clear`,
+`vanish BUS`, `reappear BUS`, `drop BUS`, `mute BUS UNIT`, `unmute BUS UNIT`. Each answers one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+from collections.abc import Sequence
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from evc.sim.car import SimCar
+from evc.sim.evse import SimEvse
+from evc.sim.modbus import listen_tcp
+from evc.sim.rs485 import SimRs485Bus
+from evc.sim.sdm import SimSdm630
+
+log = Logger()
+
+DEFAULT_PHASE_MAP = (1, 2, 3)
+
+
+def parse_phase_map(value) -> tuple[int, int, int]:
+    """Grid phase (1..3) for each of a charger's conductors L1, L2, L3.
+
+    Accepts [2, 3, 1], ["L2", "L3", "L1"], "231" or "L2L3L1"; a shorter map (a 1-phase charger on L2: [2])
+    is completed with the remaining phases in order.
+    """
+    if value is None:
+        return DEFAULT_PHASE_MAP
+    if isinstance(value, str):
+        digits = [c for c in value.upper().replace("L", "") if c.strip() and c not in ",;-"]
+    else:
+        digits = [str(v).upper().lstrip("L") for v in value]
+    try:
+        phases = [int(d) for d in digits]
+    except ValueError:
+        raise ValueError(f"phase_map {value!r}: use grid phases 1..3, e.g. [2, 3, 1] or 'L2L3L1'") from None
+    if not phases or len(phases) > 3 or len(set(phases)) != len(phases) or not set(phases) <= {1, 2, 3}:
+        raise ValueError(f"phase_map {value!r}: needs 1 to 3 distinct grid phases out of 1, 2, 3")
+    phases += [p for p in DEFAULT_PHASE_MAP if p not in phases]
+    return tuple(phases)
+
+
+class SimSite:
+    """EVSEs on simulated RS485 buses, cars plugged into them, and a grid meter that adds it all up.
+
+    `reactor` gives time and networking (tests of the arithmetic may pass a `task.Clock` and skip `start()`).
+    Every `tick_s` of reactor time the cars charge for `tick_s * speed` simulated seconds and the meter's
+    values are refreshed; a site change made through this API (base load, plug, unplug) refreshes them at
+    once. `meter` is any object with `set(V=, A=, W=, energy_Wh=)`; by default an SDM630 simulator, which
+    `start()` serves on Modbus TCP and `from_config` can also put on a bus (Modbus RTU).
+    """
+
+    def __init__(self, reactor, *, voltage_V: float = 230.0, base_load_A: Sequence[float] = (0.0, 0.0, 0.0),
+                 tick_s: float = 1.0, speed: float = 1.0, meter=None, meter_unit: int = 1):
+        self._reactor = reactor
+        self.voltage_V = float(voltage_V)
+        self.base_load_A = self._three(base_load_A, "base_load_A")
+        self.tick_s = tick_s
+        self.speed = speed
+        # The site counts energy in simulated time (see `speed`), so the meter gets no clock of its own.
+        self.meter = meter if meter is not None else SimSdm630(meter_unit)
+        self.meter_unit = meter_unit
+        self.buses: dict[str, SimRs485Bus] = {}
+        self.evses: dict[str, SimEvse] = {}
+        self.cars: dict[str, SimCar] = {}
+        self.phase_maps: dict[str, tuple[int, int, int]] = {}
+        self._evse_bus: dict[str, str] = {}
+        self.energy_Wh = 0.0
+        self._loop: task.LoopingCall | None = None
+        self._last_tick_at: float | None = None
+        self._meter_listener = None
+        self._bus_plans: dict[str, dict] = {}
+        self.refresh()
+
+    @staticmethod
+    def _three(values, what) -> tuple[float, float, float]:
+        values = tuple(float(v) for v in values)
+        if len(values) != 3:
+            raise ValueError(f"{what} needs three values (L1, L2, L3), got {len(values)}")
+        return values
+
+    # -- building --------------------------------------------------------------------------------------
+
+    def add_bus(self, name: str, *, baud: int | None = None, tcp_port: int | None = None,
+                tty_link: str | bool | None = None, **bus_kw) -> SimRs485Bus:
+        """A bus; `tcp_port` (0 = any free port) and `tty_link` (a path, or True for a temporary one) say how
+        `start()` exposes it."""
+        if name in self.buses:
+            raise ValueError(f"bus {name} is defined twice")
+        bus = SimRs485Bus(self._reactor, name=name, baud=baud, **bus_kw)
+        self.buses[name] = bus
+        self._bus_plans[name] = {"tcp_port": tcp_port, "tty_link": tty_link}
+        return bus
+
+    def add_evse(self, name: str, *, bus: str, unit: int, phase_map=None, **evse_kw) -> SimEvse:
+        """An EVSE at `unit` on bus `bus`, its conductors wired to the grid phases of `phase_map`."""
+        if name in self.evses:
+            raise ValueError(f"EVSE {name} is defined twice")
+        if bus not in self.buses:
+            raise ValueError(f"EVSE {name}: no bus {bus!r} (buses: {', '.join(self.buses) or 'none'})")
+        evse_kw.setdefault("clock", self._reactor)
+        evse = SimEvse(name, unit, **evse_kw)
+        self.buses[bus].add(evse)
+        self.evses[name] = evse
+        self.phase_maps[name] = parse_phase_map(phase_map)
+        self._evse_bus[name] = bus
+        return evse
+
+    def add_car(self, name: str, *, evse: str | None = None, **car_kw) -> SimCar:
+        """A car, plugged into `evse` if given."""
+        if name in self.cars:
+            raise ValueError(f"car {name} is defined twice")
+        car = SimCar(name, voltage_V=car_kw.pop("voltage_V", self.voltage_V), **car_kw)
+        self.cars[name] = car
+        if evse is not None:
+            self.plug(name, evse)
+        return car
+
+    # -- changing it while it runs ---------------------------------------------------------------------
+
+    def set_base_load(self, l1_A: float, l2_A: float, l3_A: float) -> None:
+        self.base_load_A = self._three((l1_A, l2_A, l3_A), "base load")
+        log.info("site base load {base_load_A} A", base_load_A=self.base_load_A)
+        self.refresh()
+
+    def plug(self, car: str, evse: str) -> None:
+        if evse not in self.evses:
+            raise ValueError(f"no EVSE {evse!r}")
+        if self.evses[evse].car is not None and self.evses[evse].car is not self.cars[car]:
+            raise ValueError(f"EVSE {evse} already has car {self.evses[evse].car.name}")
+        self.cars[car].plug(self.evses[evse])
+        self.refresh()
+
+    def unplug(self, car: str) -> None:
+        self.cars[car].unplug()
+        self.refresh()
+
+    # -- the grid meter --------------------------------------------------------------------------------
+
+    def car_load_A(self) -> tuple[float, float, float]:
+        """What the cars draw, per grid phase."""
+        load = [0.0, 0.0, 0.0]
+        for name, evse in self.evses.items():
+            if evse.car is None:
+                continue
+            for conductor, current_A in enumerate(evse.car.draw_A):
+                load[self.phase_maps[name][conductor] - 1] += current_A
+        return tuple(load)
+
+    @property
+    def grid_current_A(self) -> tuple[float, float, float]:
+        """Per-phase current through the grid meter: base load plus cars (signed: negative is export)."""
+        return tuple(b + c for b, c in zip(self.base_load_A, self.car_load_A()))
+
+    @property
+    def grid_power_W(self) -> tuple[float, float, float]:
+        return tuple(self.voltage_V * a for a in self.grid_current_A)
+
+    def refresh(self) -> None:
+        """Hand the current values to the meter."""
+        power_W = self.grid_power_W
+        self.meter.set(V=(self.voltage_V,) * 3, A=tuple(abs(a) for a in self.grid_current_A), W=power_W,
+                       energy_Wh=self.energy_Wh)
+
+    def advance(self, dt_s: float) -> None:
+        """Let `dt_s` simulated seconds pass: cars charge, the meter counts energy."""
+        if dt_s <= 0:
+            return
+        # Energy at the draw that held during the interval, before the cars' state of charge moves on.
+        self.energy_Wh += max(0.0, sum(self.grid_power_W)) * dt_s / 3600.0
+        for car in self.cars.values():
+            car.step(dt_s)
+        self.refresh()
+
+    def tick(self) -> None:
+        now = self._reactor.seconds()
+        if self._last_tick_at is not None:
+            self.advance((now - self._last_tick_at) * self.speed)
+        self._last_tick_at = now
+
+    # -- running ---------------------------------------------------------------------------------------
+
+    def start(self, meter_port: int | None = None, meter_interface: str = "127.0.0.1") -> dict:
+        """Open the planned ptys and tunnels, the meter's Modbus TCP port (`meter_port`, 0 = any free one;
+        None = none), start ticking; returns `endpoints()`."""
+        for name, bus in self.buses.items():
+            plan = self._bus_plans[name]
+            if plan["tty_link"]:
+                bus.open_pty(None if plan["tty_link"] is True else plan["tty_link"])
+            if plan["tcp_port"] is not None:
+                bus.listen(plan["tcp_port"])
+        if meter_port is not None:
+            self._meter_listener = listen_tcp(self._reactor, [self.meter], meter_port, meter_interface)
+            log.info("grid meter (SDM630, unit {unit}) on {interface}:{port}", unit=self.meter_unit,
+                     interface=meter_interface, port=self.meter_port)
+        self._last_tick_at = self._reactor.seconds()
+        self._loop = task.LoopingCall(self.tick)
+        self._loop.clock = self._reactor
+        self._loop.start(self.tick_s, now=False)
+        return self.endpoints()
+
+    @property
+    def meter_port(self) -> int | None:
+        return self._meter_listener.getHost().port if self._meter_listener is not None else None
+
+    def endpoints(self) -> dict:
+        """Where everything can be reached, for scripts (the CLI prints this as one JSON line)."""
+        return {
+            "meter": {"host": "127.0.0.1", "port": self.meter_port, "unit": self.meter_unit},
+            "buses": {name: {"tty": bus.tty_path,
+                             "tcp": f"127.0.0.1:{bus.tcp_port}" if bus.tcp_port is not None else None,
+                             "baud": bus.timing.baud if bus.timing else None}
+                      for name, bus in self.buses.items()},
+            "evses": {name: {"bus": self._evse_bus[name], "unit": evse.unit,
+                             "phase_map": list(self.phase_maps[name])}
+                      for name, evse in self.evses.items()},
+            "cars": {name: {"evse": car.evse.name if car.evse else None} for name, car in self.cars.items()},
+        }
+
+    def status(self) -> dict:
+        """The live picture: grid per phase, each EVSE's registers that matter, each car's battery."""
+        return {
+            "grid_A": [round(a, 3) for a in self.grid_current_A],
+            "base_load_A": list(self.base_load_A),
+            "energy_Wh": round(self.energy_Wh, 1),
+            "evses": {name: {"set_A": evse.set_current_A, "vehicle_state": evse.vehicle_state,
+                             "relay_on": evse.relay_on, "car": evse.car.name if evse.car else None}
+                      for name, evse in self.evses.items()},
+            "cars": {name: {"soc": round(car.soc, 4), "draw_A": [round(a, 3) for a in car.draw_A],
+                            "session_Wh": round(car.session_Wh, 1)}
+                     for name, car in self.cars.items()},
+        }
+
+    def stop(self) -> defer.Deferred:
+        """Stop ticking and close every pty, tunnel and the meter's port."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        ds = [bus.close() for bus in self.buses.values()]
+        if self._meter_listener is not None:
+            listener, self._meter_listener = self._meter_listener, None
+            ds.append(defer.maybeDeferred(listener.stopListening))
+        return defer.gatherResults(ds, consumeErrors=True)
+
+    # -- configuration ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, reactor, config: dict) -> tuple["SimSite", int | None]:
+        """Build a site from a config document (the YAML file's contents); returns (site, meter_port)."""
+        config = dict(config)
+        meter_cfg = dict(config.pop("meter", None) or {})
+        site = cls(reactor, voltage_V=config.pop("voltage_V", 230.0),
+                   base_load_A=meter_cfg.pop("base_load_A", (0.0, 0.0, 0.0)),
+                   tick_s=config.pop("tick_s", 1.0), speed=config.pop("speed", 1.0),
+                   meter_unit=meter_cfg.get("unit", 1))
+        for name, bus_cfg in (config.pop("buses", None) or {}).items():
+            site.add_bus(name, **(bus_cfg or {}))
+        for name, evse_cfg in (config.pop("evses", None) or {}).items():
+            site.add_evse(name, **evse_cfg)
+        for name, car_cfg in (config.pop("cars", None) or {}).items():
+            site.add_car(name, **(car_cfg or {}))
+        if meter_cfg.get("bus"):
+            site.buses[meter_cfg["bus"]].add(site.meter)
+        if config:
+            raise ValueError(f"site config: unknown keys {', '.join(sorted(config))}")
+        return site, meter_cfg.get("port")
+
+
+# -- the command-line front ------------------------------------------------------------------------------
+
+def run_command(site: SimSite, line: str) -> dict:
+    """Apply one control command; returns the JSON-able answer."""
+    words = line.split()
+    if not words:
+        return {"ok": True}
+    cmd, args = words[0].lower(), words[1:]
+    try:
+        if cmd == "status":
+            return {"ok": True, **site.status()}
+        if cmd == "base":
+            site.set_base_load(*(float(a) for a in args))
+        elif cmd == "plug":
+            site.plug(args[0], args[1])
+        elif cmd == "unplug":
+            site.unplug(args[0])
+        elif cmd == "soc":
+            site.cars[args[0]].soc = float(args[1])
+        elif cmd in ("hold", "release"):
+            site.cars[args[0]].charge_enabled = cmd == "release"
+        elif cmd == "fault":
+            evse = site.evses[args[0]]
+            evse.clear_charge_fault() if args[1] == "clear" else evse.inject_charge_fault(args[1])
+        elif cmd == "vanish":
+            site.buses[args[0]].vanish()
+        elif cmd == "reappear":
+            site.buses[args[0]].reappear()
+        elif cmd == "drop":
+            site.buses[args[0]].drop_tunnel()
+        elif cmd in ("mute", "unmute"):
+            site.buses[args[0]].mute(int(args[1]), cmd == "mute")
+        else:
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
+    except (IndexError, KeyError, TypeError, ValueError) as e:
+        return {"ok": False, "error": f"{line.strip()}: {e!r}"}
+    site.refresh()
+    return {"ok": True}
+
+
+def config_from_args(args) -> dict:
+    """The site config from --config, or from the simple flags."""
+    if args.config:
+        import yaml
+        with open(args.config) as f:
+            return yaml.safe_load(f) or {}
+    bus = {"baud": args.baud, "tcp_port": args.tcp_port, "tty_link": args.tty_link or (args.tcp_port is None)}
+    evses = {f"s{n}": {"bus": "bus1", "unit": n, "default_current_A": 0} for n in range(1, args.evses + 1)}
+    cars = {f"car{n}": {"evse": f"s{n}", "soc": 0.3} for n in range(1, min(args.cars, args.evses) + 1)}
+    return {
+        "tick_s": args.tick_s, "speed": args.speed,
+        "meter": {"port": args.meter_port, "base_load_A": [float(a) for a in args.base_load.split(",")]},
+        "buses": {"bus1": bus}, "evses": evses, "cars": cars,
+    }
+
+
+def _pollable(stream) -> bool:
+    """Whether `stream` can be watched by the reactor (a tty, pipe or socket; not /dev/null or a file)."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):
+        return False
+    return stream.isatty() or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m evc.sim.site", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="site YAML (buses, evses, cars, meter); overrides the flags below")
+    parser.add_argument("--evses", type=int, default=1, help="EVSEs on bus1, units 1..N (default 1)")
+    parser.add_argument("--cars", type=int, default=1, help="cars plugged into s1..sN (default 1)")
+    parser.add_argument("--tcp-port", type=int, help="bus1's ser2net-style tunnel port (0 = any free)")
+    parser.add_argument("--tty-link", help="bus1's pty link path (default: a temporary one, when no --tcp-port)")
+    parser.add_argument("--baud", type=int, help="simulate wire time at this baud rate")
+    parser.add_argument("--meter-port", type=int, default=0, help="SDM630 Modbus TCP port (0 = any free)")
+    parser.add_argument("--base-load", default="0,0,0", help="base load per phase in A: L1,L2,L3")
+    parser.add_argument("--tick-s", type=float, default=1.0, help="simulation step in seconds")
+    parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    parser.add_argument("--control-port", type=int, help="also take commands on this loopback TCP port")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import asyncioreactor
+    if "twisted.internet.reactor" not in sys.modules:
+        asyncioreactor.install()
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+    from twisted.internet.stdio import StandardIO
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.protocols.basic import LineOnlyReceiver
+
+    # stdout carries the JSON lines scripts read; the log goes to stderr.
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    site, meter_port = SimSite.from_config(reactor, config_from_args(args))
+    endpoints = site.start(meter_port=meter_port)
+
+    class Control(LineOnlyReceiver):
+        delimiter = b"\n"
+
+        def lineReceived(self, line):
+            answer = run_command(site, line.decode("utf-8", "replace"))
+            self.sendLine(json.dumps(answer).encode())
+
+    if args.control_port is not None:
+        listener = reactor.listenTCP(args.control_port, Factory.forProtocol(Control), interface="127.0.0.1")
+        endpoints["control"] = f"127.0.0.1:{listener.getHost().port}"
+    print(json.dumps(endpoints), flush=True)
+    if _pollable(sys.stdin):
+        StandardIO(Control())
+    reactor.addSystemEventTrigger("before", "shutdown", site.stop)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The simulated site: base load plus car draw on the right grid phases, energy, config, CLI commands."""
+import json
+import os
+import sys
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
+
+from evc.bus import codec
+from evc.sim.rs485 import rtu_frame
+from evc.sim.site import SimSite, parse_phase_map, run_command
+
+
+class Values:
+    """Records what the site hands to its meter."""
+
+    def __init__(self):
+        self.values = {}
+
+    def set(self, **values):
+        self.values.update(values)
+
+
+def site_with(clock=None, **kw):
+    clock = clock or task.Clock()
+    meter = Values()
+    site = SimSite(clock, meter=meter, **kw)
+    site.add_bus("b")
+    return clock, site, meter
+
+
+def test_base_load_alone_reaches_the_meter_and_can_change_while_running():
+    _, site, meter = site_with(base_load_A=(3, 2, 1))
+    assert meter.values["A"] == (3, 2, 1)
+    assert meter.values["W"] == (690, 460, 230)
+    site.set_base_load(10, 0, 0)
+    assert meter.values["A"] == (10, 0, 0)
+
+
+def test_one_phase_car_on_l2_loads_grid_l2():
+    _, site, meter = site_with(base_load_A=(1, 1, 1))
+    site.add_evse("s1", bus="b", unit=1, phase_map="L2L3L1", default_current_A=10)
+    site.add_car("c1", evse="s1", phases=1, soc=0.3)
+    assert meter.values["A"] == (1, 11, 1)
+
+
+def test_three_phase_car_follows_a_rotated_phase_map_and_adds_to_other_chargers():
+    _, site, meter = site_with()
+    site.add_evse("s1", bus="b", unit=1, phase_map=[2, 3, 1], default_current_A=16)
+    site.add_evse("s2", bus="b", unit=2, phase_map=[1, 2, 3], default_current_A=16)
+    site.add_car("c1", evse="s1", phases=1, soc=0.3)
+    site.add_car("c2", evse="s2", phases=3, max_current_A=10, soc=0.3)
+    assert meter.values["A"] == (10, 26, 10)
+    site.unplug("c1")
+    assert meter.values["A"] == (10, 10, 10)
+
+
+def test_modbus_write_to_an_evse_shows_in_the_meter_after_a_tick():
+    clock, site, meter = site_with(base_load_A=(2, 2, 2), tick_s=1)
+    evse = site.add_evse("s1", bus="b", unit=4, default_current_A=0)
+    site.add_car("c1", evse="s1", phases=3, soc=0.3)
+    assert meter.values["A"] == (2, 2, 2)
+    out = []
+    site.buses["b"].attach(out.append).feed(rtu_frame(4, bytes([6, 0x03, 0xE8, 0, 13])))
+    assert evse.set_current_A == 13 and out
+    site.tick()
+    clock.advance(1)
+    site.tick()
+    assert meter.values["A"] == (15, 15, 15)
+
+
+def test_energy_counts_what_flowed_and_cars_charge_at_the_site_speed():
+    clock, site, meter = site_with(base_load_A=(0, 0, 0), speed=60)
+    site.add_evse("s1", bus="b", unit=1, default_current_A=16)
+    car = site.add_car("c1", evse="s1", phases=1, capacity_Wh=100_000, soc=0.1)
+    site.tick()
+    clock.advance(60)
+    site.tick()
+    # 60 s real at speed 60 = one simulated hour at 16 A * 230 V.
+    assert meter.values["energy_Wh"] == pytest.approx(3680)
+    assert car.session_Wh == pytest.approx(3680)
+
+
+@pytest.mark.parametrize("text,expected", [
+    (None, (1, 2, 3)), ("231", (2, 3, 1)), ("L3", (3, 1, 2)), ([2], (2, 1, 3)), (["L3", "L1", "L2"], (3, 1, 2)),
+])
+def test_phase_map_forms(text, expected):
+    assert parse_phase_map(text) == expected
+
+
+@pytest.mark.parametrize("text", ["114", [0, 1, 2], "L4", [1, 2, 3, 1], "x"])
+def test_bad_phase_map_is_refused(text):
+    with pytest.raises(ValueError, match="phase_map"):
+        parse_phase_map(text)
+
+
+def test_from_config_builds_buses_evses_cars_and_refuses_unknown_keys():
+    config = {
+        "meter": {"base_load_A": [1, 2, 3]},
+        "buses": {"b1": {"baud": 9600}},
+        "evses": {"s1": {"bus": "b1", "unit": 1, "phase_map": "L3", "default_current_A": 6}},
+        "cars": {"c1": {"evse": "s1", "phases": 1, "soc": 0.5}},
+    }
+    site, meter_port = SimSite.from_config(task.Clock(), config)
+    assert meter_port is None
+    assert site.buses["b1"].timing.baud == 9600
+    assert site.grid_current_A == (1, 2, 9)
+    with pytest.raises(ValueError, match="unknown keys colour"):
+        SimSite.from_config(task.Clock(), {"colour": "red"})
+
+
+def test_control_commands_change_the_site():
+    _, site, meter = site_with()
+    site.add_evse("s1", bus="b", unit=1, default_current_A=16)
+    site.add_car("c1", phases=1, soc=0.3)
+    assert run_command(site, "plug c1 s1") == {"ok": True}
+    assert run_command(site, "base 1 2 3") == {"ok": True}
+    assert meter.values["A"] == (17, 2, 3)
+    assert run_command(site, "hold c1") == {"ok": True}
+    assert run_command(site, "status")["grid_A"] == [1, 2, 3]
+    assert run_command(site, "fault s1 rcd")["ok"] and site.evses["s1"].vehicle_state == 5
+    assert not run_command(site, "plug nobody s1")["ok"]
+    assert not run_command(site, "jump")["ok"]
+
+
+# -- over real transports ----------------------------------------------------------------------------------
+
+async def wait_for(condition, timeout_s=3.0, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await task.deferLater(reactor, 0.002, lambda: None)
+
+
+class Collect(Protocol):
+    def __init__(self):
+        self.data = b""
+
+    def dataReceived(self, data):
+        self.data += data
+
+
+async def read_meter_currents_A(port, unit=1):
+    """L1..L3 current from the SDM630 simulator, over Modbus TCP."""
+    client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Collect())
+    framing = codec.TcpFraming()
+    client.transport.write(framing.encode(codec.read_input(unit, 0x0006, 6)))
+    await wait_for(lambda: framing.decode(client.data)[1] is not None, what="the meter's reply")
+    reply = framing.decode(client.data)[1]
+    client.transport.loseConnection()
+    return tuple(round(codec.registers_to_float32(reply.registers, i), 3) for i in (0, 2, 4))
+
+
+@pytest_twisted.ensureDeferred
+async def test_started_site_takes_a_setpoint_over_the_tunnel_and_the_meter_follows():
+    site = SimSite(reactor, base_load_A=(4, 0, 0), tick_s=0.01)
+    site.add_bus("b", tcp_port=0, tty_link=True)
+    site.add_evse("s1", bus="b", unit=1, phase_map="L2", default_current_A=0)
+    site.add_car("c1", evse="s1", phases=1, soc=0.3)
+    endpoints = site.start(meter_port=0)
+    try:
+        assert os.path.islink(endpoints["buses"]["b"]["tty"])
+        assert await read_meter_currents_A(endpoints["meter"]["port"]) == (4, 0, 0)
+        port = int(endpoints["buses"]["b"]["tcp"].rsplit(":", 1)[1])
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Collect())
+        client.transport.write(rtu_frame(1, bytes([0x10, 0x03, 0xE8, 0, 1, 2, 0, 10])))
+        await wait_for(lambda: site.meter.A == [4, 10, 0], what="the car's draw on L2")
+        assert client.data == rtu_frame(1, bytes([0x10, 0x03, 0xE8, 0, 1]))
+        client.transport.loseConnection()
+        assert await read_meter_currents_A(endpoints["meter"]["port"]) == (4, 10, 0)
+    finally:
+        await site.stop()
+    assert not os.path.lexists(endpoints["buses"]["b"]["tty"])
+
+
+def test_meter_can_sit_on_an_rs485_bus_too():
+    site, _ = SimSite.from_config(task.Clock(), {
+        "meter": {"bus": "b1", "unit": 9, "base_load_A": [2, 0, 0]}, "buses": {"b1": {}}})
+    out = []
+    site.buses["b1"].attach(out.append).feed(rtu_frame(9, bytes([4, 0, 6, 0, 2])))
+    reply = codec.RtuFraming().decode(out[0])[1]
+    assert codec.registers_to_float32(reply.registers) == 2.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_prints_its_endpoints_and_obeys_commands(tmp_path):
+    link = str(tmp_path / "rs485")
+
+    class Cli(ProcessProtocol):
+        def __init__(self):
+            self.out = b""
+            self.err = b""
+            self.ended = False
+
+        def outReceived(self, data):
+            self.out += data
+
+        def errReceived(self, data):
+            self.err += data
+
+        def processEnded(self, reason):
+            self.ended = True
+
+    cli = Cli()
+    proc = reactor.spawnProcess(cli, sys.executable, [
+        sys.executable, "-m", "evc.sim.site", "--evses", "2", "--cars", "1", "--tty-link", link,
+        "--tcp-port", "0", "--meter-port", "0", "--base-load", "1,2,3"], env=dict(os.environ))
+    try:
+        await wait_for(lambda: b"\n" in cli.out or cli.ended, timeout_s=15, what="the endpoints line")
+        assert b"\n" in cli.out, cli.err.decode()
+        endpoints = json.loads(cli.out.split(b"\n")[0])
+        assert isinstance(endpoints["meter"]["port"], int)
+        assert endpoints["buses"]["bus1"]["tty"] == link and os.path.islink(link)
+        assert set(endpoints["evses"]) == {"s1", "s2"}
+        proc.write(b"base 5 5 5\nstatus\n")
+        await wait_for(lambda: cli.out.count(b"\n") >= 3, timeout_s=5, what="two answers")
+        status = json.loads(cli.out.split(b"\n")[2])
+        assert status["grid_A"] == [5, 5, 5]
+    finally:
+        proc.signalProcess("TERM")
+        await wait_for(lambda: cli.ended, timeout_s=10, what="the CLI to exit")
+    assert not os.path.lexists(link)
