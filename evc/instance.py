@@ -70,6 +70,8 @@ class Instance(service.Service):
     def build_config(cls, doc: dict[str, Any]) -> Any:
         """Validated dict -> frozen Config. Unknown keys were already refused by the schema."""
         fields = {f.name for f in dataclasses.fields(cls.Config)}
+        if "type" not in fields:
+            doc = {k: v for k, v in doc.items() if k != "type"}   # the seed's config/type selects, it configures nothing
         extra = set(doc) - fields
         if extra:
             raise ConfigError(f"config/{sorted(extra)[0]}: not a setting of {cls.kind} type {cls.type_name}")

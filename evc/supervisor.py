@@ -55,11 +55,12 @@ class Supervisor(service.MultiService):
         self.catalog = catalog or Catalog()
         self.mirror = Mirror(self.root)
         self.specs: dict[Ident, Spec] = {}
-        self.running: dict[Ident, Running] = {}
+        self.instances: dict[Ident, Running] = {}
         self.errors: dict[Ident, str] = {}
         self._dirty: set[Ident] = set()
         self._watch = None
         self._reconciling: defer.Deferred | None = None
+        self._busy = False
         self._again = False
         self._loaded = False
         self.ready = defer.Deferred()     # fires after the first reconcile (the initial tree is running)
@@ -87,9 +88,9 @@ class Supervisor(service.MultiService):
         if self._watch is not None:
             self._watch.stop()
             self._watch = None
-        if self._reconciling is not None:
+        if self._busy:
             yield self._reconciling
-        for ident in reversed(self._start_order(set(self.running))):
+        for ident in reversed(self._start_order(set(self.instances))):
             yield defer.ensureDeferred(self._stop(ident))
 
     # -- events --
@@ -107,12 +108,14 @@ class Supervisor(service.MultiService):
             self._kick()
 
     def _kick(self) -> None:
-        if self._reconciling is not None:
+        # A flag, not the Deferred: a reconcile may finish synchronously (and events may arrive re-entrantly).
+        if self._busy:
             self._again = True
             return
         self._reconciling = defer.ensureDeferred(self._reconcile_loop())
 
     async def _reconcile_loop(self) -> None:
+        self._busy = True
         try:
             while True:
                 self._again = False
@@ -127,12 +130,12 @@ class Supervisor(service.MultiService):
                 if not self._again:
                     break
         finally:
-            self._reconciling = None
+            self._busy = False
 
     def settled(self, after: int | None = None) -> defer.Deferred:
         """A Deferred that fires once a reconcile that began after this call (or numbered > `after`) finished."""
         target = (self.generation if after is None else after) + 1
-        if self.generation >= target and self._reconciling is None and not self._dirty:
+        if self.generation >= target and not self._busy and not self._dirty:
             return defer.succeed(self.generation)
         d = defer.Deferred()
         self._waiters.append((target, d))
@@ -194,7 +197,7 @@ class Supervisor(service.MultiService):
                 errors[ident] = problem
             else:
                 errors[ident] = spec.error
-            old = self.running.get(ident)
+            old = self.instances.get(ident)
             if old is not None and all(
                     (k, n) in desired and desired[(k, n)][1] == old.fingerprint[2][i]
                     for i, (_, k, n) in enumerate(old.spec.refs)):
@@ -203,15 +206,15 @@ class Supervisor(service.MultiService):
                 errors[ident] += " (still running with the last good config)"
 
         # Stop what is gone or changed (dependents first), then start in dependency order.
-        to_stop = {i for i, r in self.running.items() if i not in desired or desired[i][1] != r.fingerprint}
-        for ident in reversed(self._start_order(set(self.running))):
+        to_stop = {i for i, r in self.instances.items() if i not in desired or desired[i][1] != r.fingerprint}
+        for ident in reversed(self._start_order(set(self.instances))):
             if ident in to_stop:
                 await self._stop(ident)
                 if ident not in self.specs:
                     kind, name = ident
                     self.state.scope(kind, name).clear()
         for ident in self._start_order(set(desired)):
-            if ident not in self.running:
+            if ident not in self.instances:
                 spec, fp = desired[ident]
                 try:
                     self._start(ident, spec, fp)
@@ -238,7 +241,9 @@ class Supervisor(service.MultiService):
         def visit(ident: Ident, stack: tuple = ()) -> None:
             if ident in seen or ident in stack:
                 return
-            spec = self.specs.get(ident) or (self.running[ident].spec if ident in self.running else None)
+            spec = self.specs.get(ident)
+            if (spec is None or spec.error) and ident in self.instances:
+                spec = self.instances[ident].spec   # what it still runs with (last good config)
             for _, k, n in (spec.refs if spec else ()):
                 if (k, n) in idents:
                     visit((k, n), stack + (ident,))
@@ -254,11 +259,11 @@ class Supervisor(service.MultiService):
         ctx = Context(kind=kind, name=name, clock=self.clock, state=self.state.scope(kind, name),
                       resolve=self._resolve, store=self.store, root=self.root, reactor=self.reactor)
         svc = spec.cls(ctx, spec.config)
-        self.running[ident] = Running(spec, fingerprint, svc)
+        self.instances[ident] = Running(spec, fingerprint, svc)
         try:
             svc.setServiceParent(self)
         except Exception:
-            self.running.pop(ident, None)
+            self.instances.pop(ident, None)
             try:
                 self.removeService(svc)
             except Exception:
@@ -267,17 +272,24 @@ class Supervisor(service.MultiService):
         self.log.info("{kind}/{name} started ({type})", kind=kind, name=name, type=spec.type_name)
 
     async def _stop(self, ident: Ident) -> None:
-        r = self.running.pop(ident, None)
+        r = self.instances.pop(ident, None)
         if r is None:
             return
+        svc = r.service
+        # Detach by hand: MultiService.removeService only stops a child while the parent runs, and we also stop
+        # children during our own stopService.
+        self.services.remove(svc)
+        self.namedServices.pop(svc.name, None)
+        svc.parent = None
         try:
-            await defer.maybeDeferred(r.service.disownServiceParent)
+            if svc.running:
+                await defer.maybeDeferred(svc.stopService)
         except Exception:
             self.log.failure("{kind}/{name} failed to stop cleanly", kind=ident[0], name=ident[1])
         self.log.info("{kind}/{name} stopped", kind=ident[0], name=ident[1])
 
     def _resolve(self, kind: str, name: str) -> Instance:
-        r = self.running.get((kind, name))
+        r = self.instances.get((kind, name))
         if r is None:
             raise ConfigError(f"{kind} {name!r} is not running")
         return r.service
@@ -298,5 +310,5 @@ class Supervisor(service.MultiService):
                 self.log.warn("{kind}/{name}: {error}", kind=kind, name=name, error=new)
         for ident in self.specs:
             kind, name = ident
-            self.state.scope(kind, name).set("status", "running" if ident in self.running else "error")
+            self.state.scope(kind, name).set("status", "running" if ident in self.instances else "error")
         self.errors = errors
