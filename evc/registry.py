@@ -67,7 +67,9 @@ TOKENS = REGISTRIES["token"]
 
 # Modules that register types; imported on first lookup so that importing the registry stays cheap.
 IMPLEMENTATIONS = (
-    "evc.meter.sdm",
+    "evc.meter.sdm630",
+    "evc.meter.sdm120",
+    "evc.meter.sdm72",
 )
 _loaded = False
 

@@ -1,0 +1,1 @@
+"""Energy meters: the reading model and IMeter (base), one module per meter type (sdm630, sdm120, sdm72)."""
