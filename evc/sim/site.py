@@ -9,6 +9,18 @@ Run it for the demo or a script:
     python -m evc.sim.site --config site.yaml
     python -m evc.sim.site --evses 2 --tcp-port 15485 --tty-link /tmp/evc-rs485 --meter-port 15020
 
+A config file says the same at any size (every key optional; evse and car keys are SimEvse/SimCar options):
+
+    tick_s: 1.0                # simulation step; speed: 60 makes one real second a simulated minute
+    voltage_V: 230
+    meter: {port: 15020, unit: 1, base_load_A: [4, 2, 1]}      # add bus: b1 to put it on RS485 too
+    buses:
+      b1: {tcp_port: 15485, tty_link: /tmp/evc-rs485-1, baud: 9600}
+    evses:
+      s1: {bus: b1, unit: 1, phases: 3, phase_map: L2L3L1, max_current_A: 32, default_current_A: 0}
+    cars:
+      car1: {evse: s1, phases: 1, max_current_A: 16, capacity_Wh: 40000, soc: 0.3}
+
 It prints one JSON line with every endpoint (tty paths, tunnel and meter ports), then reads commands, one
 per line, on stdin (and on `--control-port` if given): `status`, `base L1 L2 L3`, `plug CAR EVSE`,
 `unplug CAR`, `soc CAR FRACTION`, `hold CAR` / `release CAR`, `fault EVSE rcd|diode|clear`,
@@ -369,18 +381,29 @@ def main(argv=None) -> None:
     if "twisted.internet.reactor" not in sys.modules:
         asyncioreactor.install()
     from twisted.internet import reactor
+    from twisted.internet.interfaces import IHalfCloseableProtocol
     from twisted.internet.protocol import Factory
     from twisted.internet.stdio import StandardIO
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.protocols.basic import LineOnlyReceiver
+    from zope.interface import implementer
 
     # stdout carries the JSON lines scripts read; the log goes to stderr.
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     site, meter_port = SimSite.from_config(reactor, config_from_args(args))
     endpoints = site.start(meter_port=meter_port)
 
+    @implementer(IHalfCloseableProtocol)
     class Control(LineOnlyReceiver):
         delimiter = b"\n"
+
+        # A script may pipe its commands and close stdin at once: the answers must still go out, and the
+        # site keeps running until it is signalled.
+        def readConnectionLost(self):
+            pass
+
+        def writeConnectionLost(self):
+            pass
 
         def lineReceived(self, line):
             answer = run_command(site, line.decode("utf-8", "replace"))

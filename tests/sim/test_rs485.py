@@ -7,7 +7,7 @@ import pytest_twisted
 import serial
 from pymodbus.pdu import ExceptionResponse
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, WriteSingleRegisterResponse
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from evc.sim.modbus import GARBAGE, SimDevice
@@ -323,3 +323,30 @@ async def test_timed_reply_over_tcp_takes_at_least_its_wire_time():
         client.transport.loseConnection()
     finally:
         await bus.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_evc_modbus_client_drives_an_evse_through_twisted_serialport_on_the_pty():
+    """The real path: EVC's RTU client on Twisted's SerialPort, the pty, the bus, the EVSE simulator."""
+    from twisted.internet.serialport import SerialPort
+
+    from evc.bus.client import ModbusBus, ModbusClientProtocol
+    from evc.bus.codec import RtuFraming
+    from evc.bus.errors import ModbusException
+    from evc.sim.evse import SimEvse
+
+    evse = SimEvse("s1", unit=2, default_current_A=0)
+    sim = SimRs485Bus(reactor, [evse], baud=19200)
+    path = sim.open_pty()
+    client = ModbusBus(reactor, RtuFraming(), timeout_s=0.5, name="rs485-test")
+    serial_port = SerialPort(ModbusClientProtocol(client, name=path), path, reactor, baudrate=19200)
+    try:
+        assert await client.read_holding_registers(2, 1000, 8) == [0, 0, 1, 32, 0, 18, 1, 0]
+        await client.write_registers(2, 1000, [13])
+        assert evse.set_current_A == 13
+        with pytest.raises(ModbusException):
+            await client.write_register(2, 1000, 3)
+    finally:
+        serial_port.loseConnection()
+        client.close()
+        await sim.close()

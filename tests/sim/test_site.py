@@ -209,7 +209,8 @@ async def test_cli_prints_its_endpoints_and_obeys_commands(tmp_path):
     cli = Cli()
     proc = reactor.spawnProcess(cli, sys.executable, [
         sys.executable, "-m", "evc.sim.site", "--evses", "2", "--cars", "1", "--tty-link", link,
-        "--tcp-port", "0", "--meter-port", "0", "--base-load", "1,2,3"], env=dict(os.environ))
+        "--tcp-port", "0", "--meter-port", "0", "--base-load", "1,2,3", "--control-port", "0"],
+        env=dict(os.environ))
     try:
         await wait_for(lambda: b"\n" in cli.out or cli.ended, timeout_s=15, what="the endpoints line")
         assert b"\n" in cli.out, cli.err.decode()
@@ -217,10 +218,18 @@ async def test_cli_prints_its_endpoints_and_obeys_commands(tmp_path):
         assert isinstance(endpoints["meter"]["port"], int)
         assert endpoints["buses"]["bus1"]["tty"] == link and os.path.islink(link)
         assert set(endpoints["evses"]) == {"s1", "s2"}
+        # A script that pipes its commands and closes stdin still gets every answer.
         proc.write(b"base 5 5 5\nstatus\n")
+        proc.closeStdin()
         await wait_for(lambda: cli.out.count(b"\n") >= 3, timeout_s=5, what="two answers")
         status = json.loads(cli.out.split(b"\n")[2])
         assert status["grid_A"] == [5, 5, 5]
+        control_port = int(endpoints["control"].rsplit(":", 1)[1])
+        control = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", control_port), Collect())
+        control.transport.write(b"unplug car1\n")
+        await wait_for(lambda: b"\n" in control.data, what="the control port's answer")
+        assert json.loads(control.data) == {"ok": True}
+        control.transport.loseConnection()
     finally:
         proc.signalProcess("TERM")
         await wait_for(lambda: cli.ended, timeout_s=10, what="the CLI to exit")
