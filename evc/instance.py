@@ -38,6 +38,8 @@ class Context:
     store: Any = None                            # IStore, for data/ (persistent, not leased)
     root: str = ""                               # the site's root, e.g. "/evc/s1"
     reactor: Any = None                          # for connectTCP/listenTCP; tests pass MemoryReactor
+    events: Any = None                           # evc.events.EventBus shared by every instance of the site
+    find: Callable[[str], dict] = lambda kind: {}  # kind -> {name: running instance}, e.g. for `chargers: "*"`
 
     @property
     def key(self) -> str:

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from evc.errors import ConfigError
+from evc.events import EventBus
 from evc.instance import Context, Instance
 from evc.schema import Catalog
 from evc.state import StateWriter
@@ -45,8 +46,9 @@ class Supervisor(service.MultiService):
     log = Logger()
 
     def __init__(self, store, root: str, state: StateWriter, clock: IReactorTime, reactor=None,
-                 catalog: Catalog | None = None):
+                 catalog: Catalog | None = None, events: EventBus | None = None):
         super().__init__()
+        self.events = events or EventBus()
         self.store = store
         self.root = root.rstrip("/")
         self.state = state
@@ -257,7 +259,8 @@ class Supervisor(service.MultiService):
     def _start(self, ident: Ident, spec: Spec, fingerprint: tuple) -> None:
         kind, name = ident
         ctx = Context(kind=kind, name=name, clock=self.clock, state=self.state.scope(kind, name),
-                      resolve=self._resolve, store=self.store, root=self.root, reactor=self.reactor)
+                      resolve=self._resolve, store=self.store, root=self.root, reactor=self.reactor,
+                      events=self.events, find=self._find)
         svc = spec.cls(ctx, spec.config)
         self.instances[ident] = Running(spec, fingerprint, svc)
         try:
@@ -270,6 +273,7 @@ class Supervisor(service.MultiService):
                 pass
             raise
         self.log.info("{kind}/{name} started ({type})", kind=kind, name=name, type=spec.type_name)
+        self.events.publish(("instance", kind, name), ("started", svc))
 
     async def _stop(self, ident: Ident) -> None:
         r = self.instances.pop(ident, None)
@@ -287,12 +291,16 @@ class Supervisor(service.MultiService):
         except Exception:
             self.log.failure("{kind}/{name} failed to stop cleanly", kind=ident[0], name=ident[1])
         self.log.info("{kind}/{name} stopped", kind=ident[0], name=ident[1])
+        self.events.publish(("instance",) + ident, ("stopped", svc))
 
     def _resolve(self, kind: str, name: str) -> Instance:
         r = self.instances.get((kind, name))
         if r is None:
             raise ConfigError(f"{kind} {name!r} is not running")
         return r.service
+
+    def _find(self, kind: str) -> dict:
+        return {n: r.service for (k, n), r in self.instances.items() if k == kind}
 
     def _publish_errors(self, errors: dict[Ident, str]) -> None:
         for ident in set(self.errors) | set(errors):

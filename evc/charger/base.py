@@ -1,0 +1,47 @@
+"""The ICharger interface: what control (evc.control) and the fronts see of any charger type."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Literal, Optional
+
+from zope.interface import Attribute, Interface
+
+Vehicle = Literal["none", "plugged", "charging", "fault", "unknown"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChargerStatus:
+    """A charger's live status.
+
+    `online` False means the device stopped answering: its draw is then unknown and control must count the worst case
+    (the last setpoint it may still apply), never zero. `actual_A` is the measured current per charger phase, in the
+    order of `phase_map` (from the charger's meter, or its own measurement), None where unknown.
+    """
+    vehicle: Vehicle = "unknown"
+    online: bool = False
+    setpoint_A: float = 0.0                  # what EVC last got the device to accept (0 = paused)
+    offered_A: Optional[float] = None        # what the EVSE advertises on the pilot (may be lower: cable limit)
+    actual_A: tuple[Optional[float], ...] = ()
+    limit_A: Optional[float] = None          # the device's own ceiling right now (cable/PP limit), None = unknown
+    fault: str = ""                          # a sentence when vehicle == "fault" or the device reports an error
+    updated: Optional[float] = None          # clock seconds of the last good poll
+
+
+class ICharger(Interface):
+    """A charger as control and the fronts see it. Config fields of every charger type include `A_max`, `phases`
+    (1 or 3), `phase_map` (the grid phase of each charger phase, e.g. ["L2"] or ["L1","L2","L3"]), `priority`
+    (higher wins), `mode` (OFF never charges; ON charges when a car is plugged and, where auth is needed, authorized)
+    and optionally `meter`."""
+
+    status = Attribute("The newest ChargerStatus.")
+
+    def wants_current() -> bool:
+        """True when control should give this charger current: mode allows it, a car is plugged and authorized and
+        has not finished."""
+
+    def apply(current_A: int):
+        """Deferred: set the charging current (0 = pause, else 6 .. A_max, integer amps). Control guarantees the value;
+        the charger retries a failed write and reports it, and never leaves the device above the newest value asked."""
+
+    def subscribe(callback: Callable[[ChargerStatus], None]) -> Callable[[], None]:
+        """Call `callback(status)` whenever the status changes (plug, charge, fault, online); returns unsubscribe()."""
