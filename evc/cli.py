@@ -7,7 +7,6 @@ import json
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, TextIO
@@ -206,7 +205,7 @@ def check_site(site: SiteFile, catalog: Catalog | None = None,
             if type_name in PLANNED.get(kind, ()):
                 report.warnings.append(
                     f"{where(*type_key.split('/'))}: {base}/{type_key}: {kind} type {type_name!r} is not available "
-                    f"yet in this version of EVC; the running EVC reports it in {base}/state/error")
+                    f"yet in this version of EVC (allowed; EVC reports it in {base}/state/error)")
             else:
                 try:
                     registry.lookup(type_name, f"{base}/{type_key}")
@@ -399,7 +398,8 @@ class InstanceStatus:
     type: str | None = None
     status: str | None = None
     error: str | None = None
-    state: dict = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)    # "A/L1" -> 3.3: flat, because a leaf (W, the total)
+                                                            # may have leaves below it (W/L1) in etcd
 
     def as_json(self) -> dict:
         return {"instance": f"{self.kind}/{self.name}", "kind": self.kind, "name": self.name, "type": self.type,
@@ -419,14 +419,9 @@ def collect_status(kvs: list[tuple[str, bytes]], root: str) -> list[InstanceStat
         if k.section == "state":
             text = value.decode("utf-8", errors="replace")
             try:
-                v = json.loads(text)
+                inst.state["/".join(k.path)] = json.loads(text)
             except ValueError:
-                v = text
-            node = inst.state
-            for part in k.path[:-1]:
-                nxt = node.setdefault(part, {})
-                node = nxt if isinstance(nxt, dict) else {}
-            node[k.path[-1]] = v
+                inst.state["/".join(k.path)] = text
     for ident, inst in found.items():
         leaves = mirror.instances.get(ident)
         if leaves is not None:
@@ -442,35 +437,38 @@ def collect_status(kvs: list[tuple[str, bytes]], root: str) -> list[InstanceStat
     return sorted(found.values(), key=lambda s: (order.get(s.kind, 99), s.kind, s.name))
 
 
-def live_summary(inst: InstanceStatus, now: float | None = None) -> str:
-    """The few live values an operator looks at first: a meter's total power and current per phase, a charger's
-    setpoint; any other scalar state otherwise."""
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def live_summary(inst: InstanceStatus) -> str:
+    """The few live values an operator looks at first: a meter's total power, current and voltage per phase and
+    error counters, a charger's setpoint; for other types their first few scalar state values."""
     st = {k: v for k, v in inst.state.items() if k not in ("status", "error")}
     parts: list[str] = []
+    shown: set[str] = set()
 
-    def num(v, unit, fmt="{:.0f}"):
-        return (fmt.format(v) + f" {unit}") if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+    def fmt(v, spec):
+        return format(v, spec) if _is_num(v) else str(v)
 
-    def phases(v, unit, fmt):
-        if isinstance(v, dict):
-            return "/".join(num(v[p], "", fmt).strip() for p in sorted(v)) + f" {unit}"
-        return num(v, unit, fmt)
-
-    shown = set()
-    for key, unit, fmt in (("setpoint_A", "A", "{:g}"), ("W", "W", "{:.0f}"), ("A", "A", "{:.1f}"),
-                           ("V", "V", "{:.0f}"), ("energy_Wh", "Wh", "{:.0f}")):
-        if key in st:
-            parts.append(phases(st[key], unit, fmt))
+    for key, unit, spec in (("setpoint_A", "A", "g"), ("W", "W", ".0f"), ("A", "A", ".1f"), ("V", "V", ".0f"),
+                            ("energy_Wh", "Wh", ".0f")):
+        phases = sorted(k for k in st if k.startswith(key + "/L"))
+        if key in st and not (phases and key in ("A", "V")):
+            parts.append(f"{fmt(st[key], spec)} {unit}")
             shown.add(key)
+        if phases and key in ("A", "V"):
+            parts.append("/".join(fmt(st[k], spec) for k in phases) + f" {unit}")
+        shown.update(phases)
     if st.get("stale") is True:
         parts.append("STALE")
-    shown.add("stale")
-    if isinstance(st.get("updated"), (int, float)) and now is not None:
-        parts.append(f"{max(0.0, now - st['updated']):.0f} s ago")
-    shown.add("updated")
+    counters = [f"{k.split('/', 1)[1]} {v}" for k, v in sorted(st.items())
+                if k.startswith("errors/") and _is_num(v) and v]
+    if counters:
+        parts.append("errors: " + ", ".join(counters))
     if not parts:
         for key in sorted(st):
-            if key not in shown and not isinstance(st[key], dict) and len(parts) < 4:
+            if key not in ("stale", "updated") and not key.startswith("errors/") and len(parts) < 4:
                 parts.append(f"{key}={st[key]}")
     return ", ".join(parts)
 
@@ -491,10 +489,9 @@ async def cmd_status(args, reactor, out: TextIO, err: TextIO, catalog: Catalog |
     elif not instances:
         print(f"nothing under {args.root} (load a site with `evc --root {args.root} config load FILE`)", file=out)
     else:
-        now = time.time()
         rows = [("INSTANCE", "TYPE", "STATUS", "LIVE", "ERROR")]
         for i in instances:
-            rows.append((f"{i.kind}/{i.name}", i.type or "?", i.status or "—", live_summary(i, now), i.error or ""))
+            rows.append((f"{i.kind}/{i.name}", i.type or "?", i.status or "—", live_summary(i), i.error or ""))
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         for r in rows:
             print("  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4], file=out)

@@ -1,0 +1,127 @@
+"""`make demo` (python -m evc.demo): the whole site comes up on simulators, and Ctrl-C leaves nothing running."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _proc_stat(pid):
+    """(ppid, session id) of a live process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":       # a zombie runs nothing
+        return None
+    return int(fields[1]), int(fields[3])
+
+
+def _all_pids():
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _children_sessions(pid):
+    """The sessions of `pid`'s children (the demo starts each child in a session of its own)."""
+    out = set()
+    for p in _all_pids():
+        st = _proc_stat(p)
+        if st and st[0] == pid:
+            out.add((p, st[1]))
+    return out
+
+
+def _alive_in_sessions(sessions):
+    return [p for p in _all_pids() if (st := _proc_stat(p)) and st[1] in sessions]
+
+
+def _wait(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _demo(tmp_path, *argv, env=None):
+    log = open(tmp_path / "demo.log", "w+")
+    e = dict(os.environ)
+    e.pop("EVC_ETCD_URL", None)
+    e.update(env or {})
+    proc = subprocess.Popen([sys.executable, "-m", "evc.demo", *argv], stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, cwd=REPO, env=e)
+    return proc, lambda: (tmp_path / "demo.log").read_text()
+
+
+def _etcd_json(url, root):
+    """The root's keys as {relative key: text}, read with etcdctl (independent of EVC's own client)."""
+    out = subprocess.run(["etcdctl", "--endpoints", url, "get", "--prefix", root + "/", "-w", "json"],
+                         env=dict(os.environ, ETCDCTL_API="3"), capture_output=True, text=True, timeout=10)
+    if out.returncode != 0:
+        return {}
+    import base64
+    kvs = json.loads(out.stdout).get("kvs", [])
+    return {base64.b64decode(kv["key"]).decode()[len(root) + 1:]: base64.b64decode(kv.get("value", "")).decode()
+            for kv in kvs}
+
+
+def test_demo_runs_the_seed_site_and_ctrl_c_leaves_nothing_running(tmp_path):
+    proc, log = _demo(tmp_path)
+    try:
+        line = _wait(lambda: next((ln for ln in log().splitlines() if "throwaway etcd at" in ln), None), 30,
+                     "the demo's etcd")
+        url = line.split("throwaway etcd at ", 1)[1].split()[0]
+        _wait(lambda: "twistd -n evc" in log(), 30, "twistd to start")
+        sessions = _children_sessions(proc.pid)
+        assert len(sessions) >= 3, f"expected etcd, a simulator and twistd as children: {sessions}\n{log()}"
+
+        def ready():
+            kv = _etcd_json(url, "/evc/seed")
+            if kv.get("meter/m1/state/status") == "running" and "meter/m1/state/W" in kv \
+                    and "not available yet" in kv.get("charger/s1/state/error", ""):
+                return kv
+            return None
+        kv = _wait(ready, 40, "meter/m1 live values and charger/s1's error in etcd")
+        assert float(kv["meter/m1/state/W"]) > 0       # the simulator's base load
+        assert kv["charger/s1/state/status"] == "error"
+        assert kv["meter/m1/config/type"] == "SDM630"
+        assert f"--etcd {url} --root /evc/seed status" in log()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, log()
+    left = _alive_in_sessions({sid for _, sid in sessions})
+    assert left == [], f"processes left running: {left}\n{log()}"
+    assert "stopped the throwaway etcd" in log()
+
+
+def test_demo_uses_the_etcd_it_is_given_and_starts_none(tmp_path, etcd_session, etcd_root):
+    """With EVC_ETCD_URL set the demo only starts simulators; --no-twistd --exit-after-ready loads and exits."""
+    proc, log = _demo(tmp_path, "--no-twistd", "--exit-after-ready", "--root", etcd_root,
+                      env={"EVC_ETCD_URL": etcd_session.url})
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0, log()
+    assert "throwaway etcd" not in log() and f"using etcd at {etcd_session.url}" in log()
+    kv = _etcd_json(etcd_session.url, etcd_root)
+    assert kv["charger/s1/type"] == "EVCC_manual" and kv["meter/m1/config/bus"] == "127.0.0.1:15020"
+    assert "stopped the SDM630 simulator" in log() or "stopped the site simulator" in log()
+
+
+def test_demo_refuses_an_unknown_option(tmp_path):
+    proc, log = _demo(tmp_path, "--bogus")
+    assert proc.wait(30) == 2 and "unrecognized arguments: --bogus" in log()
