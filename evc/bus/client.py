@@ -162,6 +162,15 @@ class ModbusBus:
             total.backoff_s = max(total.backoff_s, s.backoff_s)
         return total.as_dict()
 
+    @property
+    def link_state(self) -> str:
+        """"up", "connecting" or "down" (then `down_reason` says why)."""
+        return "up" if self._link is not None else "connecting" if self._connecting else "down"
+
+    @property
+    def down_reason(self) -> str:
+        return str(self._down_reason)
+
     # --- the link side ---
 
     def link_connecting(self) -> None:

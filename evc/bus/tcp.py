@@ -100,9 +100,10 @@ class ModbusTcpClient(ModbusBus):
         self._reconnect = None
         self.close()
         if self._in_progress:
-            self._stopped = defer.Deferred()
+            # disconnecting may report the loss at once, firing (and clearing) _stopped before it returns
+            self._stopped = d = defer.Deferred()
             self._connector.disconnect()
-            return self._stopped
+            return d
         return defer.succeed(None)
 
     def link_up(self, link) -> None:
