@@ -532,6 +532,9 @@ def _type_text(ps: dict) -> str:
 def _example_value(ps: dict):
     if "examples" in ps and ps["examples"]:
         return ps["examples"][0]
+    m = re.search(r"\be\.g\. `?([^\s`;,)]+)", ps.get("description", ""))
+    if m and "string" in allowed_types(ps):
+        return m.group(1).rstrip(".")
     if "default" in ps:
         return ps["default"]
     if "const" in ps:
@@ -580,9 +583,13 @@ def types_markdown(catalog: Catalog | None = None) -> str:
             base = f"/evc/site1/{kind}/{'m1' if kind == 'meter' else 'x1'}"
             if kind != "token":
                 w(f"etcdctl put {base}/type {type_name}\n")
+            # What a minimal instance needs: the required settings, those of the first alternative when the schema
+            # offers a choice (a meter's `bus` or `conn`), and any setting with an example value.
             required = set(schema.get("required", ()))
+            for alt in (schema.get("oneOf") or schema.get("anyOf") or [])[:1]:
+                required |= set(alt.get("required", ()))
             for path, ps, req in rows:
-                if ps.get("properties"):
+                if ps.get("properties") or ps.get("const") == type_name:
                     continue
                 if req or path in required or "examples" in ps:
                     w(f"etcdctl put {base}/config/{path} {_shell_word(leaf_text(_example_value(ps)))}\n")
@@ -774,6 +781,9 @@ def _react(fn, args, out, err) -> int:
 
 
 def main() -> None:
+    # `evc status --json | head` should end quietly when head has read enough.
+    import signal
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(run())
 
 
