@@ -310,8 +310,9 @@ async def cmd_load(args, reactor, out: TextIO, err: TextIO, catalog: Catalog | N
         except StoreError as e:
             raise _store_problem(args, e) from None
         unchanged = len(wanted) - len(puts)
+        n = len(report.instances)
         print(f"{args.root}: {len(puts)} leaves written, {unchanged} unchanged, {len(deletes)} deleted "
-              f"({len(report.instances)} instances from {args.file})", file=out)
+              f"({n} instance{'' if n == 1 else 's'} from {args.file})", file=out)
         return EXIT_OK
     finally:
         await store.close()
@@ -385,7 +386,8 @@ def cmd_validate(args, out: TextIO, err: TextIO, catalog: Catalog | None = None)
     if n:
         print(f"{args.file}: {n} error{'s' if n > 1 else ''}", file=err)
         return EXIT_ERRORS
-    print(f"{args.file}: {len(report.instances)} instances, valid"
+    n = len(report.instances)
+    print(f"{args.file}: {n} instance{'' if n == 1 else 's'}, valid"
           + (f" ({len(report.warnings)} warning{'s' if len(report.warnings) > 1 else ''})" if report.warnings else ""),
           file=out)
     return EXIT_OK
