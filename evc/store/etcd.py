@@ -293,9 +293,9 @@ class EtcdStore:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.log_interval_s = log_interval_s
+        policy = _TLSPolicy(ca_file, cert_file, key_file) if parts.scheme == "https" else None
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool._factory = _QuietFactory
-        policy = _TLSPolicy(ca_file, cert_file, key_file) if parts.scheme == "https" else None
         agent = Agent(reactor, contextFactory=policy, pool=self._pool) if policy else Agent(reactor, pool=self._pool)
         self._http = HTTPClient(agent)
         self._token: str | None = None
@@ -323,8 +323,6 @@ class EtcdStore:
                 "check ca_file, the server's certificate and its host name"))
         if f.check(defer.CancelledError):
             return f
-        if f.check(defer.TimeoutError):
-            return Failure(StoreUnavailable(f"etcd at {self.url} did not answer {path} within {self._timeout_s} s"))
         if f.check(*_UNREACHABLE):
             return Failure(StoreUnavailable(f"etcd at {self.url} unreachable: {_reason(f)}"))
         return f
@@ -384,8 +382,11 @@ class EtcdStore:
         return obj.get("result", obj) if isinstance(obj.get("result"), dict) else obj
 
     def _with_deadline(self, coro, path: str) -> defer.Deferred:
+        def timed_out(result, timeout):
+            # Whatever the cancelled request failed with (often ResponseNeverReceived), say why it was cut.
+            return Failure(StoreUnavailable(f"etcd at {self.url} did not answer {path} within {timeout} s"))
         d = defer.Deferred.fromCoroutine(coro)
-        d.addTimeout(self._timeout_s, self._reactor)
+        d.addTimeout(self._timeout_s, self._reactor, onTimeoutCancel=timed_out)
         d.addErrback(self._failure_to_error, path)
         return d
 
@@ -412,6 +413,7 @@ class EtcdStore:
                 return ""
             raise EtcdError(f"etcd at {self.url} refused user {self._user!r}: {e.etcd_message}",
                             e.code, e.etcd_message) from None
+        log.info("authenticated to etcd at {url} as {user}", url=self.url, user=self._user)
         return obj.get("token", "")
 
     def _token_fetched(self, result) -> None:
@@ -568,6 +570,7 @@ class _EtcdWatch:
         self._timer = None  # scheduled retry
         self._stream: _LineProtocol | None = None
         self._generation = 0  # bumped whenever a stream is replaced, so stale streams are ignored
+        self.retries = 0  # how many times a read or a stream was retried (for monitoring and tests)
 
     def __repr__(self) -> str:
         return f"<watch {self._prefix!r} on {self._store.url} at revision {self.revision}>"
@@ -600,6 +603,7 @@ class _EtcdWatch:
         if self._stopped:
             return
         delay = self._backoff.next_delay()
+        self.retries += 1
         if isinstance(reason, Failure):
             reason = reason.value
         if self._backoff.should_log():

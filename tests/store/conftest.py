@@ -58,3 +58,20 @@ def silent_tcp_server():
     port = _reactor().listenTCP(0, protocol.Factory.forProtocol(protocol.Protocol), interface="127.0.0.1")
     yield f"http://127.0.0.1:{port.getHost().port}"
     port.stopListening()
+
+
+@pytest_twisted.async_yield_fixture
+async def make_store():
+    """make_store(url, **kw) -> EtcdStore on the real reactor, closed after the test even if it fails.
+    Retries are quick (50 ms doubling to 200 ms) so outage tests stay short."""
+    made = []
+
+    def make(url, **kw):
+        kw.setdefault("retry_initial_s", 0.05)
+        kw.setdefault("retry_max_s", 0.2)
+        s = EtcdStore(url, _reactor(), **kw)
+        made.append(s)
+        return s
+    yield make
+    for s in made:
+        await s.close()

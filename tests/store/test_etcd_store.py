@@ -1,0 +1,175 @@
+"""The etcd store against real etcd servers: big values, restarts, compaction, outages, auth, errors."""
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import threads
+
+from evc.errors import StoreError, StoreUnavailable
+from evc.etcdserver import free_port
+from evc.store.etcd import EtcdStore, _LineProtocol
+from store_helpers import Recorder, wait_for
+
+
+def _revision(etcd) -> int:
+    return int(json.loads(etcd.etcdctl("get", "/", "--prefix", "--keys-only", "-w", "json"))["header"]["revision"])
+
+
+def test_watch_stream_lines_are_reassembled_however_the_body_is_chunked():
+    """One JSON object per line may span many chunks, and one chunk may hold many lines."""
+    messages = [{"result": {"n": i, "pad": "x" * (i * 37)}} for i in range(20)]
+    body = b"".join(json.dumps(m).encode() + b"\n" for m in messages)
+    for size in (1, 7, 64, 1000, len(body)):
+        got = []
+        proto = _LineProtocol(lambda m: got.append(m) or True, lambda reason: None)
+        for i in range(0, len(body), size):
+            proto.dataReceived(body[i:i + size])
+        assert got == messages, size
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_megabyte_value_through_range_and_watch(etcd_session, etcd_root, make_store):
+    store = make_store(etcd_session.url)
+    rec = Recorder()
+    watch = await store.watch_prefix(etcd_root + "/", rec)
+    big = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    await store.put(etcd_root + "/data/blob", big)
+    await store.put(etcd_root + "/data/after", b"small")
+    await wait_for(lambda: len(rec.events) == 2, what="the big value and the one after it")
+    assert rec.mirror == {etcd_root + "/data/blob": big, etcd_root + "/data/after": b"small"}
+    assert (await store.range(etcd_root + "/data/blob")).kvs[0].value == big
+    watch.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_survives_etcd_killed_and_restarted(etcd_own, make_store):
+    store = make_store(etcd_own.url)
+    rec = Recorder()
+    watch = await store.watch_prefix("/evc/", rec)
+    await store.put("/evc/a", b"1")
+    await wait_for(lambda: len(rec.events) == 1, what="the write before the kill")
+    etcd_own.kill()
+    await threads.deferToThread(etcd_own.start)
+    etcd_own.etcdctl("put", "/evc/b", "2")
+    etcd_own.etcdctl("put", "/evc/a", "3")
+    await wait_for(lambda: len(rec.events) == 3, what="the writes after the restart")
+    await store.put("/evc/c", b"4")
+    await wait_for(lambda: len(rec.events) == 4, what="a write through the store after the restart")
+    assert rec.simple() == [("put", "/evc/a", b"1"), ("put", "/evc/b", b"2"), ("put", "/evc/a", b"3"),
+                            ("put", "/evc/c", b"4")]
+    revisions = [e.revision for e in rec.events]
+    assert revisions == sorted(set(revisions))  # in order, nothing twice
+    watch.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lost_stream_resumes_from_the_next_revision_with_every_event(etcd_own, proxy, make_store):
+    """A resumed watch replays each change made while it was cut off, not just the end state."""
+    store = make_store(proxy.url)
+    etcd_own.etcdctl("put", "/evc/a", "1")
+    etcd_own.etcdctl("put", "/evc/b", "1")
+    rec = Recorder()
+    watch = await store.watch_prefix("/evc/", rec)
+    await proxy.cut()
+    etcd_own.etcdctl("put", "/evc/a", "2")
+    etcd_own.etcdctl("put", "/evc/a", "3")
+    etcd_own.etcdctl("del", "/evc/b")
+    proxy.resume()
+    await wait_for(lambda: len(rec.events) == 5, what="the three changes made while cut off")
+    assert rec.simple() == [("put", "/evc/a", b"2"), ("put", "/evc/a", b"3"), ("delete", "/evc/b", None)]
+    assert watch.revision == _revision(etcd_own)
+    watch.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_compaction_while_cut_off_rereads_and_delivers_exactly_the_difference(etcd_own, proxy, log_events,
+                                                                                    make_store):
+    store = make_store(proxy.url)
+    for k in ("a", "b", "c", "d"):
+        etcd_own.etcdctl("put", "/evc/" + k, "1")
+    rec = Recorder()
+    watch = await store.watch_prefix("/evc/", rec)
+    await store.put("/evc/a", b"2")
+    await wait_for(lambda: len(rec.events) == 5, what="the live write")
+    await proxy.cut()
+    etcd_own.kill()
+    await threads.deferToThread(etcd_own.start)
+    etcd_own.etcdctl("put", "/evc/b", "2")
+    etcd_own.etcdctl("put", "/evc/b", "3")
+    etcd_own.etcdctl("del", "/evc/c")
+    etcd_own.etcdctl("put", "/evc/e", "1")
+    etcd_own.etcdctl("put", "/evc/f", "1")
+    etcd_own.etcdctl("del", "/evc/f")
+    etcd_own.etcdctl("put", "/other", "1")
+    read_revision = _revision(etcd_own)
+    etcd_own.etcdctl("compact", str(read_revision))
+    proxy.resume()
+    await wait_for(lambda: len(rec.calls) == 3, what="the difference")
+    # b's intermediate value 2 is gone with the compacted history; a, d and f are not mentioned.
+    assert sorted((e.type, e.key, e.value) for e in rec.calls[2]) == [("delete", "/evc/c", None), ("put", "/evc/b", b"3"), ("put", "/evc/e", b"1")]
+    assert rec.mirror == {"/evc/a": b"2", "/evc/b": b"3", "/evc/d": b"1", "/evc/e": b"1"}
+    assert watch.revision == read_revision
+    assert any("hit compaction" in str(e.get("log_format")) for e in log_events)
+    rev = await store.put("/evc/g", b"1")
+    await wait_for(lambda: len(rec.calls) == 4, what="a write after the re-read")
+    assert [(e.key, e.revision) for e in rec.calls[3]] == [("/evc/g", rev)]
+    watch.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_started_while_etcd_is_down_fires_once_it_is_up(etcd_own, log_events, make_store):
+    etcd_own.stop()
+    store = make_store(etcd_own.url, log_interval_s=3600)
+    rec, stopped = Recorder(), Recorder()
+    ready = store.watch_prefix("/evc/", rec)
+    never = store.watch_prefix("/evc/", stopped)
+    watches = list(store._watches)
+    await wait_for(lambda: all(w.retries >= 3 for w in watches), what="three retries each")
+    assert not ready.called and rec.calls == []
+    warnings = [e for e in log_events if "unreachable, retrying" in str(e.get("log_format"))]
+    assert len(warnings) == 2  # once per watch per interval, not on every try
+    assert etcd_own.url in warnings[0]["url"] and "Connection refused" in warnings[0]["error"]
+    never.cancel()  # stops that watch before its first read
+    await threads.deferToThread(etcd_own.start)
+    etcd_own.etcdctl("put", "/evc/a", "1")
+    watch = await ready
+    await wait_for(lambda: rec.mirror == {"/evc/a": b"1"}, what="the key written after etcd came up")
+    print([ (e.get("log_format"), {k:v for k,v in e.items() if not k.startswith("log_")}) for e in log_events if e.get("log_namespace")=="evc.store.etcd"])
+    assert any("reachable again" in str(e.get("log_format")) for e in log_events)
+    assert stopped.calls == []
+    watch.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_server_fails_with_store_unavailable_naming_the_url(make_store):
+    url = f"http://127.0.0.1:{free_port()}"
+    store = make_store(url)
+    with pytest.raises(StoreUnavailable, match=f"etcd at {url} unreachable"):
+        await store.range("/x")
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_that_never_answers_times_out_as_unavailable(silent_tcp_server, make_store):
+    store = make_store(silent_tcp_server, timeout_s=0.2)
+    with pytest.raises(StoreUnavailable, match=r"did not answer /kv/put within 0.2 s"):
+        await store.put("/x", b"1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_gateway_prefix_says_what_is_wrong(etcd_session, make_store):
+    """txaioetcd's /v3alpha/ answers 404 on etcd 3.4: the error must point at the gateway path."""
+    store = make_store(etcd_session.url, prefix="/v3alpha")
+    with pytest.raises(StoreError, match=r"HTTP 404.*3\.4 or newer.*v3alpha"):
+        await store.range("/x")
+
+
+def test_bad_configuration_is_refused_with_a_sentence():
+    r = None  # the constructor refuses before it needs a reactor
+    with pytest.raises(StoreError, match="must look like http"):
+        EtcdStore("127.0.0.1:2379", r)
+    with pytest.raises(StoreError, match="not https"):
+        EtcdStore("http://127.0.0.1:2379", r, ca_file="/x/ca.pem")
+    with pytest.raises(StoreError, match="both a user and a password"):
+        EtcdStore("http://127.0.0.1:2379", r, user="root")
+    with pytest.raises(StoreError, match="cannot read the etcd CA file '/nonexistent/ca.pem'"):
+        EtcdStore("https://127.0.0.1:2379", r, ca_file="/nonexistent/ca.pem")
