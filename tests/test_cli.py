@@ -400,3 +400,21 @@ def test_env_gives_url_and_root(etcd_session, etcd_root):
     r = evc("config", "dump", "--format", "json", env={"EVC_ETCD_URL": etcd_session.url, "EVC_ROOT": etcd_root})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"meter": {"m9": {"config": {"type": "SDM630"}}}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_planned_type_loads_with_a_warning(tmp_path, catalog, etcd_session, etcd_root):
+    path = write(tmp_path, GOOD + "conn:\n  s123:\n    type: rs485\n    config:\n      remote: 127.0.0.1:1\n")
+    code, out, err = await call(catalog, etcd_session, etcd_root, "config", "load", path)
+    assert code == 0, err
+    assert "conn/s123/type: conn type 'rs485' is not available yet" in err and "error:" not in err
+    assert etcd_get(etcd_session, etcd_root)[f"{etcd_root}/conn/s123/type"] == "rs485"
+
+
+def test_types_lists_settings_and_what_is_not_available_yet(catalog):
+    out = io.StringIO()
+    assert cli.cmd_types(cli.build_parser().parse_args(["types"]), out, io.StringIO(), catalog) == 0
+    text = out.getvalue()
+    assert "meter/tmeter\n" in text and "  bus_addr: integer (≥ 1, ≤ 247) (default 1)\n" in text
+    assert "  bus: string (required)\n" in text
+    assert "charger/EVCC_manual (not available yet)\n" in text
