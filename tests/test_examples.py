@@ -97,3 +97,33 @@ def test_generated_types_doc_matches_the_generator_for_what_it_covers():
     for line in generated.splitlines():
         if line.startswith("### "):
             assert line[4:] in sections, f"docs/types.md lacks the section {line[4:]!r}: regenerate it"
+
+
+def _anchor(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes."""
+    import re
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+# Pages other people write; linked to from ours, checked once they exist.
+OTHERS_DOCS = {"etcd.md", "control.md"}
+
+
+def test_links_between_docs_lead_somewhere():
+    import re
+    docs = os.path.join(REPO, "docs")
+    anchors = {}
+    for name in os.listdir(docs):
+        if name.endswith(".md"):
+            text = open(os.path.join(docs, name), encoding="utf-8").read()
+            anchors[name] = {_anchor(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, re.M)}
+    broken = []
+    for name in sorted(anchors):
+        text = open(os.path.join(docs, name), encoding="utf-8").read()
+        for target, _, anchor in re.findall(r"\]\(([\w.-]+\.md)(#([\w-]+))?\)", text):
+            if target not in anchors:
+                if target not in OTHERS_DOCS:
+                    broken.append(f"{name}: {target}")
+            elif anchor and anchor not in anchors[target]:
+                broken.append(f"{name}: {target}#{anchor}")
+    assert not broken, broken
