@@ -289,6 +289,8 @@ class EtcdStore:
         self._reactor = reactor
         self._user = user
         self._password = password
+        self._ca_file = ca_file
+        self._cert_file = cert_file
         self._timeout_s = timeout_s
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -318,14 +320,30 @@ class EtcdStore:
             return f
         tls = _tls_failure(f)
         if tls is not None:
-            return Failure(StoreError(
-                f"TLS with etcd at {self.url} failed ({tls.getErrorMessage() or type(tls.value).__name__}); "
-                "check ca_file, the server's certificate and its host name"))
+            return Failure(StoreError(f"TLS with etcd at {self.url} failed: {self._tls_hint(tls)}"))
         if f.check(defer.CancelledError):
             return f
         if f.check(*_UNREACHABLE):
-            return Failure(StoreUnavailable(f"etcd at {self.url} unreachable: {_reason(f)}"))
+            hint = ""
+            if self.url.startswith("http:") and f.check(_newclient.ResponseNeverReceived) and all(
+                    isinstance(r, Failure) and r.check(ierror.ConnectionDone) for r in f.value.reasons):
+                hint = " (if etcd serves TLS on this port, use an https:// URL)"
+            return Failure(StoreUnavailable(f"etcd at {self.url} unreachable: {_reason(f)}{hint}"))
         return f
+
+    def _tls_hint(self, tls: Failure) -> str:
+        text = str(tls.value)
+        if tls.check(VerificationError):
+            return (f"the server's certificate does not name the host {urlsplit(self.url).hostname!r} "
+                    f"({text})")
+        if "certificate verify failed" in text:
+            return (f"the server's certificate is not signed by a CA in ca_file {self._ca_file!r} ({text})"
+                    if self._ca_file else f"the server's certificate is not trusted by this system ({text}); "
+                                          "set ca_file to the CA that signed it")
+        if "alert" in text and ("certificate" in text or "handshake" in text):
+            mine = f"the client certificate {self._cert_file!r}" if self._cert_file else "no client certificate"
+            return f"etcd refused the connection with {mine} ({text})"
+        return f"{text}; check ca_file, the server's certificate and its host name"
 
     def _headers(self, token: str | None) -> dict:
         headers = {b"Content-Type": [b"application/json"]}
