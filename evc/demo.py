@@ -104,6 +104,9 @@ class Demo:
             print(f"demo: using etcd at {self.url} (EVC_ETCD_URL); not starting one", flush=True)
             return
         server = EtcdServer()
+        if not os.path.exists(server.binary):
+            raise RuntimeError("etcd is not installed: `make etcd` installs Debian's etcd-server "
+                               "(or set EVC_ETCD_URL to use a running etcd)")
         if port_free(DEMO_ETCD_PORT):
             server.client_port = DEMO_ETCD_PORT
             if server.peer_port == DEMO_ETCD_PORT:
@@ -214,7 +217,8 @@ and change it live, e.g.:
             # twistd runs in the foreground in effect: the demo lives exactly as long as it does.
             code = twistd.poll()
             if code is not None:
-                print(f"demo: twistd exited with status {code}", flush=True)
+                print(f"demo: twistd exited with status {code}"
+                      + (" (docs/troubleshooting.md says why it may not start)" if code else ""), flush=True)
                 return code or 0
             self.check_children()
             time.sleep(0.2)
