@@ -8,14 +8,14 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, TextIO
 
 import yaml
 
 from evc.errors import ConfigError, StoreError, StoreUnavailable
 from evc.registry import KINDS, PLANNED
-from evc.schema import Catalog, _sentence, property_schema, allowed_types
+# _sentence: every schema error in the same words the running EVC writes to state/error.
+from evc.schema import Catalog, _sentence, allowed_types, property_schema
 from evc.tree import Mirror, decode_leaf, flatten, parse_key, unflatten
 
 # etcd refuses a txn with more operations than its --max-txn-ops (128 by default).
@@ -200,7 +200,10 @@ def check_site(site: SiteFile, catalog: Catalog | None = None,
         except ConfigError as e:
             report.errors.append(f"{where()}: {base}/{e}")
             continue
-        registry = catalog.registries[kind]
+        registry = catalog.registries.get(kind)
+        if registry is None:
+            report.errors.append(f"{where()}: {base}: this EVC has no {kind} types")
+            continue
         if type_name not in registry.names():
             if type_name in PLANNED.get(kind, ()):
                 report.warnings.append(
