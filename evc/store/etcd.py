@@ -16,8 +16,10 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import _newclient
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import (
+    Agent, HTTPConnectionPool, RequestNotSent, RequestTransmissionFailed, ResponseDone, ResponseFailed,
+    ResponseNeverReceived, _HTTP11ClientFactory,
+)
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -43,8 +45,8 @@ _RESULTS = {"=": "EQUAL", "!=": "NOT_EQUAL", "<": "LESS", ">": "GREATER"}
 
 # Connection-level failures: the server could not be reached or went away mid-request.
 _UNREACHABLE = (ierror.ConnectError, ierror.ConnectionLost, ierror.ConnectionDone, defer.TimeoutError,
-                _newclient.ResponseNeverReceived, _newclient.RequestTransmissionFailed,
-                _newclient.ResponseFailed, _newclient.RequestNotSent)
+                ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed,
+                RequestNotSent)
 
 
 class EtcdError(StoreError):
@@ -325,7 +327,7 @@ class EtcdStore:
             return f
         if f.check(*_UNREACHABLE):
             hint = ""
-            if self.url.startswith("http:") and f.check(_newclient.ResponseNeverReceived) and all(
+            if self.url.startswith("http:") and f.check(ResponseNeverReceived) and all(
                     isinstance(r, Failure) and r.check(ierror.ConnectionDone) for r in f.value.reasons):
                 hint = " (if etcd serves TLS on this port, use an https:// URL)"
             return Failure(StoreUnavailable(f"etcd at {self.url} unreachable: {_reason(f)}{hint}"))
@@ -371,9 +373,10 @@ class EtcdStore:
         return self._grpc_error(code, message)
 
     def _grpc_error(self, code: int | None, message: str) -> Exception:
-        if code == _GRPC_UNAUTHENTICATED or "auth token" in message or "revision of auth store is old" in message:
-            if self._user is not None:
-                return _AuthExpired(message)
+        if self._user is not None and (code == _GRPC_UNAUTHENTICATED or "auth token" in message
+                                       or "revision of auth store is old" in message
+                                       or "user name is empty" in message):  # auth enabled since we asked
+            return _AuthExpired(message)
         if "user name is empty" in message and self._user is None:
             return EtcdError(f"etcd at {self.url} requires authentication ({message}); "
                              "configure a user and password", code, message)
@@ -601,7 +604,7 @@ class _EtcdWatch:
         if self._stopped:
             return
         self._stopped = True
-        if not self._ready.called and not cancelled:
+        if not self._ready.called and not cancelled and not self._started:
             self._ready.errback(StoreError(f"the watch on {self._prefix!r} was stopped before its first read"))
         self._generation += 1
         self._store._watches.discard(self)
@@ -693,7 +696,7 @@ class _EtcdWatch:
         self._started = True
         if first or events:
             self._deliver(events)
-        if first and not self._stopped:
+        if first and not self._ready.called:
             self._ready.callback(self)
         self._watch()
 

@@ -106,7 +106,8 @@ async def test_compaction_while_cut_off_rereads_and_delivers_exactly_the_differe
     proxy.resume()
     await wait_for(lambda: len(rec.calls) == 3, what="the difference")
     # b's intermediate value 2 is gone with the compacted history; a, d and f are not mentioned.
-    assert sorted((e.type, e.key, e.value) for e in rec.calls[2]) == [("delete", "/evc/c", None), ("put", "/evc/b", b"3"), ("put", "/evc/e", b"1")]
+    assert sorted((e.type, e.key, e.value) for e in rec.calls[2]) == [
+        ("delete", "/evc/c", None), ("put", "/evc/b", b"3"), ("put", "/evc/e", b"1")]
     assert rec.mirror == {"/evc/a": b"2", "/evc/b": b"3", "/evc/d": b"1", "/evc/e": b"1"}
     assert watch.revision == read_revision
     assert any("hit compaction" in str(e.get("log_format")) for e in log_events)
@@ -134,7 +135,6 @@ async def test_watch_started_while_etcd_is_down_fires_once_it_is_up(etcd_own, lo
     etcd_own.etcdctl("put", "/evc/a", "1")
     watch = await ready
     await wait_for(lambda: rec.mirror == {"/evc/a": b"1"}, what="the key written after etcd came up")
-    print([ (e.get("log_format"), {k:v for k,v in e.items() if not k.startswith("log_")}) for e in log_events if e.get("log_namespace")=="evc.store.etcd"])
     assert any("reachable again" in str(e.get("log_format")) for e in log_events)
     assert stopped.calls == []
     watch.stop()
@@ -173,3 +173,19 @@ def test_bad_configuration_is_refused_with_a_sentence():
         EtcdStore("http://127.0.0.1:2379", r, user="root")
     with pytest.raises(StoreError, match="cannot read the etcd CA file '/nonexistent/ca.pem'"):
         EtcdStore("https://127.0.0.1:2379", r, ca_file="/nonexistent/ca.pem")
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_closes_the_watch_connection_and_close_closes_the_pool(etcd_own, proxy, make_store):
+    store = make_store(proxy.url)
+    await store.put("/evc/a", b"1")
+    await wait_for(lambda: len(proxy.factory.connections) == 1, what="the pooled connection")
+    rec = Recorder()
+    watch = await store.watch_prefix("/evc/", rec)
+    await store.put("/evc/b", b"1")
+    await wait_for(lambda: len(rec.events) == 2, what="the stream to deliver")
+    assert len(proxy.factory.connections) == 2  # the pooled one and the stream
+    watch.stop()
+    await wait_for(lambda: len(proxy.factory.connections) == 1, what="the stream's connection to close")
+    await store.close()
+    await wait_for(lambda: len(proxy.factory.connections) == 0, what="the pool to close")
