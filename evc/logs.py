@@ -6,5 +6,8 @@ from typing import IO
 from twisted.logger import globalLogPublisher, jsonFileLogObserver
 
 
-def start_json_logging(out: IO[str]) -> None:
-    globalLogPublisher.addObserver(jsonFileLogObserver(out))
+def start_json_logging(out: IO[str]):
+    """Add a JSON observer for every log event; returns it (for removeObserver)."""
+    observer = jsonFileLogObserver(out)
+    globalLogPublisher.addObserver(observer)
+    return observer
