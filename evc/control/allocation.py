@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
+import dataclasses
 from dataclasses import dataclass
 from itertools import accumulate
 from numbers import Real
@@ -167,10 +168,11 @@ class ChargerInput:
             if len(draw) != self.phases:
                 raise ValueError(f"{self.name}: draw_A needs one value per phase used ({self.phases}), got {draw}")
 
-    @property
-    def grid_phases(self) -> tuple[str, ...]:
-        """The grid phases this charger's car draws from."""
-        return self.phase_map[:self.phases]
+        # Not a field: derived, but read several times per charger per allocation.
+        object.__setattr__(self, "grid_phases", pm[:self.phases])
+
+    grid_phases: tuple[str, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    """The grid phases this charger's car draws from (the first `phases` entries of phase_map)."""
 
 
 @dataclass(frozen=True)
@@ -427,7 +429,10 @@ def _normal(cands, lim, now, store_lost, avail, out_sp, out_why) -> None:
             for p in k.phases:
                 budget[p] += k.lo
         share, binding = _fill(tier, budget)
-        if db > 0:
+        # The deadband fill only matters to chargers that may rise; in a steady state none do.
+        rising = any(not k.noinc and (k.c.setpoint_A if k.on else 0) < min(k.hi, math.floor(f + _EPS))
+                     for k, f in zip(tier, share))
+        if db > 0 and rising:
             share_db, binding_db = _fill(tier, {p: b - db for p, b in budget.items()})
         else:
             share_db, binding_db = share, binding
@@ -506,34 +511,42 @@ def _fill(members: list[_Cand], budget: dict[str, float]) -> tuple[list[float], 
             share[0] = max(float(k.lo), room)
             binding[0] = min(k.phases, key=lambda p: budget[p])
         return share, binding
+    los = [k.lo for k in members]
+    his = [k.hi for k in members]
+    on_phase: dict[str, list[int]] = {p: [] for p in PHASES}
+    for j, k in enumerate(members):
+        for p in k.phases:
+            on_phase[p].append(j)
+    frozen = [False] * m
     used = {p: 0.0 for p in PHASES}
-    unfrozen = list(range(m))
-    while unfrozen:
+    left = m
+    # Each round fills one or more phases and freezes everyone on them: at most three rounds.
+    while left:
         levels = {}
         for p in PHASES:
-            on_p = [j for j in unfrozen if p in members[j].phases]
-            if on_p:
-                levels[p] = _level([members[j].lo for j in on_p], [members[j].hi for j in on_p],
-                                   budget[p] - used[p])
+            js = on_phase[p] = [j for j in on_phase[p] if not frozen[j]]
+            if js:
+                levels[p] = _level([los[j] for j in js], [his[j] for j in js], budget[p] - used[p])
         t = min(levels.values())
         if t == _INF:
-            for j in unfrozen:
-                share[j] = float(members[j].hi)
+            for j in range(m):
+                if not frozen[j]:
+                    share[j] = float(his[j])
             break
-        full = {p for p, tp in levels.items() if tp <= t + _EPS}
-        still = []
-        for j in unfrozen:
-            k = members[j]
-            v = min(max(t, k.lo), k.hi)
-            stop = next((p for p in k.phases if p in full), None)
-            if stop is None and v < k.hi:
-                still.append(j)
+        for p, tp in levels.items():
+            if tp > t + _EPS:
                 continue
-            share[j] = float(v)
-            binding[j] = stop if v < k.hi else None
-            for p in k.phases:
-                used[p] += v
-        unfrozen = still
+            for j in on_phase[p]:
+                if frozen[j]:
+                    continue
+                lo, hi = los[j], his[j]
+                v = lo if t < lo else (hi if t > hi else t)
+                frozen[j] = True
+                left -= 1
+                share[j] = float(v)
+                binding[j] = p if v < hi else None
+                for q in members[j].phases:
+                    used[q] += v
     return share, binding
 
 
