@@ -2,6 +2,8 @@
 from evc.store.interface import (
     IStore, IWatch, KeyValue, Event, RangeResult, TxnResult, Compare, Put, Delete, prefix_end,
 )
+from evc.store.etcd import EtcdError, EtcdStore
+from evc.store.memory import MemoryStore
 
 __all__ = ["IStore", "IWatch", "KeyValue", "Event", "RangeResult", "TxnResult",
-           "Compare", "Put", "Delete", "prefix_end"]
+           "Compare", "Put", "Delete", "prefix_end", "EtcdStore", "EtcdError", "MemoryStore"]

@@ -3,14 +3,27 @@ import pytest
 import pytest_twisted
 
 from evc.errors import StoreError
+from evc.etcdserver import EtcdServer
 from store_helpers import Recorder, wait_for
+
+
+def _enable_auth(etcd):
+    etcd.etcdctl("user", "add", "root:s3cret-pw")
+    etcd.etcdctl("auth", "enable")
+    return etcd
+
+
+@pytest.fixture(scope="module")
+def etcd_auth_shared():
+    """For tests that leave tokens alone."""
+    with EtcdServer() as server:
+        yield _enable_auth(server)
 
 
 @pytest.fixture
 def etcd_auth(etcd_own):
-    etcd_own.etcdctl("user", "add", "root:s3cret-pw")
-    etcd_own.etcdctl("auth", "enable")
-    return etcd_own
+    """For tests that invalidate tokens or cut connections."""
+    return _enable_auth(etcd_own)
 
 
 def _ctl(etcd, *args):
@@ -18,20 +31,20 @@ def _ctl(etcd, *args):
 
 
 @pytest_twisted.ensureDeferred
-async def test_good_password_reads_writes_and_watches(etcd_auth, make_store):
-    store = make_store(etcd_auth.url, user="root", password="s3cret-pw")
+async def test_good_password_reads_writes_and_watches(etcd_auth_shared, make_store):
+    store = make_store(etcd_auth_shared.url, user="root", password="s3cret-pw")
     await store.put("/evc/a", b"1")
     assert (await store.range("/evc/a")).kvs[0].value == b"1"
     rec = Recorder()
     watch = await store.watch_prefix("/evc/", rec)
-    _ctl(etcd_auth, "put", "/evc/b", "2")
+    _ctl(etcd_auth_shared, "put", "/evc/b", "2")
     await wait_for(lambda: rec.mirror == {"/evc/a": b"1", "/evc/b": b"2"}, what="the write by etcdctl")
     watch.stop()
 
 
 @pytest_twisted.ensureDeferred
-async def test_bad_password_is_a_clear_error_that_does_not_show_the_password(etcd_auth, make_store):
-    store = make_store(etcd_auth.url, user="root", password="wrong-pw")
+async def test_bad_password_is_a_clear_error_that_does_not_show_the_password(etcd_auth_shared, make_store):
+    store = make_store(etcd_auth_shared.url, user="root", password="wrong-pw")
     with pytest.raises(StoreError, match="refused user 'root'.*authentication failed") as caught:
         await store.range("/evc/a")
     assert "wrong-pw" not in str(caught.value)
@@ -42,8 +55,8 @@ async def test_bad_password_is_a_clear_error_that_does_not_show_the_password(etc
 
 
 @pytest_twisted.ensureDeferred
-async def test_missing_credentials_say_that_etcd_wants_them(etcd_auth, make_store):
-    store = make_store(etcd_auth.url)
+async def test_missing_credentials_say_that_etcd_wants_them(etcd_auth_shared, make_store):
+    store = make_store(etcd_auth_shared.url)
     with pytest.raises(StoreError, match="requires authentication.*configure a user and password"):
         await store.range("/evc/a")
 

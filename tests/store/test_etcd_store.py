@@ -3,6 +3,7 @@ import json
 
 import pytest
 import pytest_twisted
+from hypothesis import given, settings, strategies as st
 from twisted.internet import threads
 
 from evc.errors import StoreError, StoreUnavailable
@@ -15,16 +16,18 @@ def _revision(etcd) -> int:
     return int(json.loads(etcd.etcdctl("get", "/", "--prefix", "--keys-only", "-w", "json"))["header"]["revision"])
 
 
-def test_watch_stream_lines_are_reassembled_however_the_body_is_chunked():
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=40))
+def test_watch_stream_lines_are_reassembled_however_the_body_is_chunked(cuts):
     """One JSON object per line may span many chunks, and one chunk may hold many lines."""
     messages = [{"result": {"n": i, "pad": "x" * (i * 37)}} for i in range(20)]
     body = b"".join(json.dumps(m).encode() + b"\n" for m in messages)
-    for size in (1, 7, 64, 1000, len(body)):
-        got = []
-        proto = _LineProtocol(lambda m: got.append(m) or True, lambda reason: None)
-        for i in range(0, len(body), size):
-            proto.dataReceived(body[i:i + size])
-        assert got == messages, size
+    bounds = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
+    got = []
+    proto = _LineProtocol(lambda m: got.append(m) or True, lambda reason: None)
+    for start, end in zip(bounds, bounds[1:]):
+        proto.dataReceived(body[start:end])
+    assert got == messages
 
 
 @pytest_twisted.ensureDeferred
