@@ -254,13 +254,13 @@ def allocate(inputs: Inputs) -> Result:
        it (clamped >= 0); a car whose draw is unknown (draw_A None, or stale) is not subtracted,
        so its current stays in the base and its new setpoint is counted on top of it. Available =
        A_max - base - lost reservations.
-    4. Who charges: each charging car needs A_min on each of its phases. Chargers are taken in
-       this order and started/kept if A_min still fits on all their phases, else paused:
-       first those within min_on_s of being started (highest priority first), then the others by
-       priority (highest first), charging before paused, paused ones by how long they have waited.
-       A charger paused less than min_off_s ago, and with no increases allowed (store lost,
-       charger stale), a paused charger stays paused. So the lowest priority is paused first, and
-       min_on_s only yields when a phase would be over its limit.
+    4. Who charges: each charging car needs A_min on each of its phases. A paused charger stays
+       paused if it was paused less than min_off_s ago, or if it may not increase (store lost,
+       charger stale). The others are taken in this order and kept/started if A_min still fits
+       on all their phases, else paused: first those started less than min_on_s ago (highest
+       priority first), then the rest by priority (highest first), charging before paused,
+       paused ones by how long they have waited (switched_s; None last), then by name. So the
+       lowest priority is paused first, and min_on_s yields only when a phase would be over.
     5. How much: every charging car keeps A_min; the rest of each phase is filled priority by
        priority (highest first). Within a priority the share is max-min fair in amps per phase
        (water-filling): all rise together until a phase is full or a charger reaches its max
@@ -271,10 +271,14 @@ def allocate(inputs: Inputs) -> Result:
        every phase, so a raise leaves spare current for the base load to move. Chargers that may
        not increase (store lost, stale, on with unknown draw) keep at most their setpoint.
 
-    Guarantees (checked by property tests): on every phase, base + all setpoints <= A_max unless
-    the base and lost reservations alone exceed it (then every controllable charger on that phase
-    is 0); every setpoint is 0 or in [A_min, min(A_max, cap_A)] (lost chargers aside); in failsafe
-    and hold no setpoint rises.
+    Guarantees (pinned by property tests in tests/control): on a phase where any controllable
+    charger charges, base + all setpoints on it (lost ones included) <= A_max; when the base and
+    lost chargers alone exceed A_max, every controllable charger on that phase gets 0. Every
+    setpoint is 0 or in [A_min, min(A_max, cap_A)]; lost chargers keep theirs. In failsafe and
+    hold no setpoint rises. The result does not depend on the order of the chargers, and feeding
+    it back (cars drawing what they are offered) gives the same setpoints again.
+
+    Cost: O(n log n); 1,000 chargers take about 5 ms (benchmarks/allocation.py).
     """
     lim = inputs.limits
     chargers = inputs.chargers
