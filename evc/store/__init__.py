@@ -1,9 +1,9 @@
 """The store: EVC's view of etcd (configuration, state and persistent data)."""
 from evc.store.interface import (
-    IStore, IWatch, KeyValue, Event, RangeResult, TxnResult, Compare, Put, Delete, prefix_end,
+    IStore, IWatch, KeyValue, Event, RangeResult, TxnResult, Compare, Put, Delete,
 )
 from evc.store.etcd import EtcdError, EtcdStore
 from evc.store.memory import MemoryStore
 
 __all__ = ["IStore", "IWatch", "KeyValue", "Event", "RangeResult", "TxnResult",
-           "Compare", "Put", "Delete", "prefix_end", "EtcdStore", "EtcdError", "MemoryStore"]
+           "Compare", "Put", "Delete", "EtcdStore", "EtcdError", "MemoryStore"]

@@ -60,17 +60,6 @@ class Delete:
     prefix: bool = False
 
 
-def prefix_end(prefix: str) -> str:
-    """The first key after every key that starts with `prefix` (etcd's range_end for a prefix)."""
-    b = bytearray(prefix.encode())
-    while b:
-        if b[-1] < 0xFF:
-            b[-1] += 1
-            return bytes(b).decode("latin-1")
-        b.pop()
-    return "\0"
-
-
 class IWatch(Interface):
     revision = Attribute("The revision of the newest event delivered so far.")
 
