@@ -70,6 +70,8 @@ IMPLEMENTATIONS = (
     "evc.meter.sdm630",
     "evc.meter.sdm120",
     "evc.meter.sdm72",
+    "evc.conn.rs485",
+    "evc.charger.evcc_manual",
 )
 _loaded = False
 
