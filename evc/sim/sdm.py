@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     cls = MODELS[args.model]
     extra = {"version": args.version} if cls is SimSdm72 else {}
     devices = []

@@ -134,3 +134,8 @@ def test_rtu_decode_never_raises_and_always_progresses_or_waits(data):
 def test_tcp_decode_never_raises(data):
     used, _ = codec.TcpFraming().decode(data)
     assert 0 <= used <= len(data)
+
+
+def test_read_response_with_odd_byte_count_is_garbage():
+    frame = codec.RtuFraming().encode_raw(b"\x04\x03\x00\x01\x02", 1)
+    assert codec.RtuFraming().decode(frame) == (len(frame), None)
