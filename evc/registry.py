@@ -72,6 +72,7 @@ IMPLEMENTATIONS = (
     "evc.meter.sdm72",
     "evc.conn.rs485",
     "evc.charger.evcc_manual",
+    "evc.control.builtin",
 )
 _loaded = False
 
