@@ -13,7 +13,7 @@ from evc.control.allocation import PHASES
 from evc.control.builtin import BuiltinConfig, BuiltinControl
 from evc.errors import ConfigError
 from evc.events import EventBus
-from evc.instance import Context
+from evc.instance import Context, Instance
 from evc.meter.base import IMeter, Reading
 from evc.schema import Catalog
 from evc.store.memory import MemoryStore
@@ -524,3 +524,113 @@ def test_a_leaf_per_phase_decodes_as_numbers():
     doc = leaves.document(schema)
     assert doc == {"meter": "m1", "A_max": {"L1": 32, "L2": 32, "L3": 25}, "chargers": "*"}
     assert json.dumps(Catalog().validate("control", "builtin", doc))
+
+
+# --- under the real supervisor: x-ref wiring, "*" following the site's chargers, state in the store -------------
+
+@implementer(IMeter)
+class SupervisedMeter(Instance):
+    Config = dataclasses.make_dataclass("MeterConfig", [("bus_addr", int, 1)], frozen=True)
+
+    def __init__(self, ctx, config):
+        super().__init__(ctx, config)
+        self.reading = Reading()
+        self._subs = []
+
+    def subscribe(self, callback):
+        self._subs.append(callback)
+        return lambda: self._subs.remove(callback)
+
+    def read(self, A):
+        self.reading = Reading(A=tuple(A), updated=self.ctx.clock.seconds(), stale=False)
+        for cb in list(self._subs):
+            cb(self.reading)
+
+
+@implementer(ICharger)
+class SupervisedCharger(Instance):
+    Config = dataclasses.make_dataclass("ChargerConfig", [("A_max", float, 16), ("priority", int, 0)], frozen=True)
+
+    def __init__(self, ctx, config):
+        super().__init__(ctx, config)
+        self.status = ChargerStatus(vehicle="plugged", online=True, actual_A=(0.0, 0.0, 0.0))
+        self.writes = []
+
+    def wants_current(self):
+        return True
+
+    def subscribe(self, callback):
+        return lambda: None
+
+    def apply(self, current_A):
+        self.writes.append(current_A)
+        self.status = dataclasses.replace(self.status, setpoint_A=current_A, updated=self.ctx.clock.seconds())
+        return defer.succeed(current_A)
+
+
+@pytest.fixture
+def supervised(tmp_path):
+    from evc.registry import Registry
+    from evc.schema import schema_dir
+    from evc.state import StateWriter
+    from evc.supervisor import Supervisor
+
+    regs = {k: Registry(k) for k in ("meter", "charger", "control")}
+    regs["meter"].register("fakemeter")(SupervisedMeter)
+    regs["charger"].register("fakecharger")(SupervisedCharger)
+    regs["control"]._types["builtin"] = BuiltinControl     # the real one, without re-registering it
+    described = {"type": "object", "additionalProperties": False, "description": "a test type"}
+    (tmp_path / "etcd").mkdir()
+    (tmp_path / "etcd" / "root.json").write_text("{}")
+    for kind, type_name, props in (("meter", "fakemeter", {"bus_addr": {"type": "integer", "description": "a"}}),
+                                   ("charger", "fakecharger", {"A_max": {"type": "number", "description": "a"}})):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / f"{type_name}.json").write_text(json.dumps({**described, "properties": props}))
+    (tmp_path / "control").mkdir()
+    (tmp_path / "control" / "builtin.json").write_text((schema_dir() / "control" / "builtin.json").read_text())
+
+    clock = task.Clock()
+    clock.advance(1000)
+    store = MemoryStore(clock=clock)
+    state = StateWriter(store, ROOT, clock, tick_s=0.5)
+    sup = Supervisor(store, ROOT, state, clock, catalog=Catalog(registries=regs, directory=tmp_path))
+    put = lambda key, value: store.put(f"{ROOT}/{key}", value.encode())    # noqa: E731
+    put("meter/grid/type", "fakemeter")
+    put("charger/a/type", "fakecharger")
+    put("control/master/type", "builtin")
+    put("control/master/config/meter", "grid")
+    put("control/master/config/A_max", "32")
+    put("control/master/config/deadband_A", "0")
+    state.startService()
+    sup.startService()
+    clock.advance(0)
+    yield sup, store, clock, put
+    sup.stopService()
+    state.stopService()
+
+
+def test_under_the_supervisor_star_follows_a_charger_added_to_the_site_later(supervised):
+    sup, store, clock, put = supervised
+    control = sup.instances[("control", "master")].service
+    sup.instances[("meter", "grid")].service.read([0.0, 0.0, 0.0])
+    assert sup.instances[("charger", "a")].service.writes == [16]
+    put("charger/b/type", "fakecharger")
+    put("charger/b/config/A_max", "32")
+    clock.advance(0)
+    assert sup.instances[("control", "master")].service is control      # followed live, not restarted
+    assert sup.instances[("charger", "b")].service.writes == [16]
+    clock.advance(1)                                                     # a state flush
+    kv = store.range(f"{ROOT}/control/master/state/allocations/b/A").result.kvs
+    assert kv and kv[0].value == b"16"
+
+
+def test_under_the_supervisor_a_meter_that_is_not_configured_keeps_a_new_control_from_starting(supervised):
+    sup, store, clock, put = supervised
+    put("control/other/type", "builtin")
+    put("control/other/config/A_max", "32")
+    put("control/other/config/meter", "nosuch")
+    clock.advance(0)
+    clock.advance(1)
+    assert ("control", "other") not in sup.instances and ("control", "master") in sup.instances
+    err = store.range(f"{ROOT}/control/other/state/error").result.kvs
+    assert err and err[0].value.decode() == "config/meter: meter 'nosuch' is not configured"
