@@ -166,6 +166,8 @@ class EvccManual(Instance):
         fails with the ModbusError of a failed attempt (retries go on, see `write_error`)."""
         if current_A < 0:
             raise ValueError(f"{self.ctx.key}: current {current_A} A is negative")
+        if float(current_A) != self._asked_A:
+            self._refused_cA = None        # a new value deserves a try, even after the board refused another
         self._asked_A = float(current_A)
         d = defer.Deferred()
         self._waiters.append(d)
@@ -328,7 +330,7 @@ class EvccManual(Instance):
         self._retry_s = self.write_retry_min_s
         if not self.running:
             return
-        if self._failed_cA is not None:
+        if self._failed_cA is not None and self._refused_cA is None:
             log.info("{charger}: {current_A} A written after failures", charger=self.ctx.key,
                      current_A=entry.cA / 100)
             self._failed_cA = None
