@@ -123,6 +123,7 @@ class BuiltinControl(Instance):
         self._switched: dict[str, float | None] = {}
         self._inflight: dict[str, int] = {}
         self._reading_wanted = False        # setpoints changed: the next meter reading shows their effect
+        self._draws: dict[str, tuple] = {}  # each charger's measured current when the meter was last read
         self._down_failed = False           # a decrease failed: no increases until the next interval
         self._busy = False
         self._again: str | None = None
@@ -183,6 +184,10 @@ class BuiltinControl(Instance):
     # -- inputs that trigger a recomputation --
 
     def _on_reading(self, reading: Reading) -> None:
+        # The base load is the meter minus the cars' draw: both must be of the same moment. A recompute between two
+        # readings with the newest draws would count every car that slowed down since as other load (and lower
+        # everyone again for nothing); the draws known when the meter was read are the ones it measured.
+        self._draws = {name: d.instance.status.actual_A for name, d in self.chargers.items()}
         self._arm_stale_timer(reading)
         if reading.stale != self._meter_stale:
             self._meter_stale = reading.stale
@@ -195,8 +200,7 @@ class BuiltinControl(Instance):
                 self.recompute(f"phase {phase} over its limit: {a:.1f} A > {self.limits.A_max[phase]:g} A")
                 return
         if self._reading_wanted:
-            # The base load is the meter minus the cars' draw: right after a change both are out of step, and
-            # an increase computed then is too small. The first reading after the writes gets it right.
+            # Increases wait for the decreases to be written; the first reading after the writes shows them.
             self._reading_wanted = False
             self.recompute("meter reading after setpoint changes")
 
@@ -334,7 +338,7 @@ class BuiltinControl(Instance):
         lost = not st.online
         if lost:
             setpoint = max(accepted, asked or 0)     # it may still apply either: count the larger
-        measured = st.actual_A[:phases]
+        measured = self._draws.get(name, st.actual_A)[:phases]
         draw = tuple(float(a) for a in measured) if len(measured) == phases and None not in measured else None
         stale = st.updated is not None and now - st.updated > self.config.stale_s
         try:

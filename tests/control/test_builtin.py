@@ -223,6 +223,16 @@ def test_a_session_or_authorization_event_recomputes_at_once(topic):
     assert site.chargers["a"].writes == [16]
 
 
+def test_the_base_load_pairs_the_meter_reading_with_the_draws_of_that_moment():
+    """A car that slowed down after the last reading is not counted as other load at the next recompute."""
+    site = Site({"a": dict(setpoint_A=16)}, A_max=32, interval_s=5, stale_s=30)
+    control = site.start()
+    site.read(base=(10, 10, 10))                    # 26 A: 10 A other load + 16 A car
+    site.chargers["a"].set(actual_A=(8.0, 8.0, 8.0))
+    site.clock.advance(5)                           # the interval, with no newer reading
+    assert control.last.base_A.L1 == 10 and site.state.values["base/L1"] == 10
+
+
 def test_a_new_measured_current_alone_does_not_recompute():
     site = Site({"a": dict(setpoint_A=10)}, A_max=32, interval_s=60)
     control = site.start()
