@@ -1,4 +1,4 @@
-"""Overload reaction of control/builtin: a phase goes over its limit -> every new setpoint written, 50 chargers on 4 buses.
+"""Overload reaction of control/builtin: a phase over its limit -> every new setpoint written (50 chargers, 4 buses).
 
 The site: 50 three-phase chargers (A_max 32 A) spread over 4 RS485 buses (13, 13, 12, 12), a grid meter polled every
 `--poll-s` (1 s, the SDM default), site limit 500 A per phase, 50 A of other load. Once every car charges at its

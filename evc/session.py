@@ -1,4 +1,4 @@
-"""Charging sessions: one lifecycle for every charger type, kept in `<charger>/data/sessions/` and announced on ctx.events.
+"""Charging sessions: one lifecycle for every charger type, kept in data/sessions/ and announced on ctx.events.
 
 A session is one car's visit to one charger:
 

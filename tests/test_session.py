@@ -244,7 +244,8 @@ def test_restart_ends_the_session_as_ev_disconnected_with_the_last_known_meter_w
     t2 = again.tracker()
     t2.update(NONE, 1200)                          # the counter now includes whatever happened while EVC was away
     doc = again.stored(sid)
-    assert (doc["state"], doc["reason"], doc["meter_stop_Wh"], doc["energy_Wh"]) == ("ended", "EVDisconnected", 900, 800)
+    assert (doc["state"], doc["reason"], doc["meter_stop_Wh"], doc["energy_Wh"]) == \
+        ("ended", "EVDisconnected", 900, 800)
     assert doc["stop_time"] == seen                # when EVC last saw the car, not an hour later
     assert again.current() is None and t2.session is None
     assert [s.state for s in again.events] == ["ended"]
