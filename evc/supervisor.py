@@ -243,10 +243,12 @@ class Supervisor(service.MultiService):
         def visit(ident: Ident, stack: tuple = ()) -> None:
             if ident in seen or ident in stack:
                 return
-            spec = self.specs.get(ident)
-            if (spec is None or spec.error) and ident in self.instances:
-                spec = self.instances[ident].spec   # what it still runs with (last good config)
-            for _, k, n in (spec.refs if spec else ()):
+            # Order by what the new config names AND what the running instance still uses: an instance kept on its
+            # last good config (its new reference dangles) must still come after its old dependencies.
+            refs = list(self.specs[ident].refs) if ident in self.specs else []
+            if ident in self.instances:
+                refs += self.instances[ident].spec.refs
+            for _, k, n in refs:
                 if (k, n) in idents:
                     visit((k, n), stack + (ident,))
             seen.add(ident)

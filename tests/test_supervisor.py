@@ -257,3 +257,16 @@ def test_missing_type_is_reported(site):
     site.put("conn/q/config/port", "3")
     site.start()
     assert site.error("conn/q").startswith("type: missing")
+
+
+def test_a_dangling_new_reference_keeps_the_last_good_config_running(site):
+    """A typo in a reference (charger moved to a meter that does not exist) must not stop a running instance:
+    for control that would switch load management off."""
+    site.start()
+    EVENTS.clear()
+    site.put("charger/a/config/meter", "m9")
+    site.settle()
+    assert EVENTS == []
+    assert site.error("charger/a") == ("config/meter: meter 'm9' is not configured "
+                                        "(still running with the last good config)")
+    assert site.sup.instances[("charger", "a")].service.meter is site.sup.instances[("meter", "m")].service
