@@ -456,7 +456,7 @@ def live_summary(inst: InstanceStatus) -> str:
     def fmt(v, spec):
         return format(v, spec) if _is_num(v) else str(v)
 
-    for key, unit, spec in (("setpoint_A", "A", "g"), ("W", "W", ".0f"), ("A", "A", ".1f"), ("V", "V", ".0f"),
+    for key, unit, spec in (("setpoint_A", "A", "g"), ("W_total", "W", ".0f"), ("A", "A", ".1f"), ("V", "V", ".0f"),
                             ("energy_Wh", "Wh", ".0f")):
         phases = sorted(k for k in st if k.startswith(key + "/L"))
         if key in st and not (phases and key in ("A", "V")):

@@ -320,7 +320,7 @@ async def test_dump_gives_back_what_was_loaded(tmp_path, catalog, etcd_session, 
 @pytest_twisted.ensureDeferred
 async def test_status_shows_every_instance_with_live_values_and_errors(catalog, etcd_session, etcd_root):
     for key, value in (("meter/m1/config/type", "tmeter"), ("meter/m1/state/status", "running"),
-                       ("meter/m1/state/W", "2300.4"), ("meter/m1/state/W/L1", "700"),
+                       ("meter/m1/state/W_total", "2300.4"), ("meter/m1/state/W/L1", "700"),
                        ("meter/m1/state/A/L1", "3.31"), ("meter/m1/state/A/L2", "3.3"),
                        ("meter/m1/state/A/L3", "3.4"), ("meter/m1/state/stale", "false"),
                        ("charger/s1/type", "EVCC_manual"), ("charger/s1/state/status", "error"),
@@ -338,7 +338,7 @@ async def test_status_shows_every_instance_with_live_values_and_errors(catalog, 
     assert lines[3].split() == ["reader/r1", "serial", "—"]
     code, out, err = await call(catalog, etcd_session, etcd_root, "status", "--json")
     rows = {r["instance"]: r for r in json.loads(out)}
-    assert rows["meter/m1"]["state"]["A/L1"] == 3.31 and rows["meter/m1"]["state"]["W"] == 2300.4
+    assert rows["meter/m1"]["state"]["A/L1"] == 3.31 and rows["meter/m1"]["state"]["W_total"] == 2300.4
     assert rows["meter/m1"]["status"] == "running" and rows["meter/m1"]["error"] is None
     assert rows["charger/s1"]["error"].startswith("type: charger type")
     assert rows["reader/r1"]["status"] is None
@@ -351,7 +351,7 @@ async def test_status_of_an_empty_root_says_so(catalog, etcd_session, etcd_root)
 
 
 def test_stale_meter_and_its_error_counters_are_shown():
-    inst = cli.InstanceStatus("meter", "m1", state={"W": 10, "stale": True, "status": "running",
+    inst = cli.InstanceStatus("meter", "m1", state={"W_total": 10, "stale": True, "status": "running",
                                                     "errors/timeouts": 4, "errors/exceptions": 0})
     assert cli.live_summary(inst) == "10 W, STALE, errors: timeouts 4"
 

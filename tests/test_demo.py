@@ -84,12 +84,12 @@ def test_demo_runs_the_seed_site_and_ctrl_c_leaves_nothing_running(tmp_path):
 
         def ready():
             kv = _etcd_json(url, "/evc/seed")
-            if kv.get("meter/m1/state/status") == "running" and "meter/m1/state/W" in kv \
+            if kv.get("meter/m1/state/status") == "running" and "meter/m1/state/W_total" in kv \
                     and "not available yet" in kv.get("charger/s1/state/error", ""):
                 return kv
             return None
         kv = _wait(ready, 40, "meter/m1 live values and charger/s1's error in etcd")
-        assert float(kv["meter/m1/state/W"]) > 0       # the simulator's base load
+        assert float(kv["meter/m1/state/W_total"]) > 0       # the simulator's base load
         assert kv["charger/s1/state/status"] == "error"
         assert kv["meter/m1/config/type"] == "SDM630"
         assert f"--etcd {url} --root /evc/seed status" in log()

@@ -121,7 +121,7 @@ async def test_evc_waits_for_etcd_at_start_and_runs_once_it_comes(etcd_own, mete
         await wait_for(lambda: "unreachable" in evc.text(), 20, "EVC logging that etcd is unreachable")
         assert evc.proc.poll() is None
         etcd_own.start()
-        await wait_for(lambda: c.get("meter/m1/state/W"), 20, "meter state once etcd came")
+        await wait_for(lambda: c.get("meter/m1/state/W_total"), 20, "meter state once etcd came")
     finally:
         assert evc.stop(), evc.text()
     await c.store.close()
@@ -135,7 +135,7 @@ async def test_etcd_killed_and_restarted_under_a_running_evc(etcd_own, meter_sim
     await configure_meter(c, port)
     evc = Evc(etcd_own.url, root, tmp_path)
     try:
-        await wait_for(lambda: c.get("meter/m1/state/W"), 20, "meter state")
+        await wait_for(lambda: c.get("meter/m1/state/W_total"), 20, "meter state")
         etcd_own.kill()
         sim.set(A=(25, 12, 8))                           # happens while etcd is away
         await wait_for(lambda: "not written to etcd" in evc.text(), 20, "EVC noticing etcd is gone")
@@ -144,7 +144,7 @@ async def test_etcd_killed_and_restarted_under_a_running_evc(etcd_own, meter_sim
         # State resumes with what the meter measured meanwhile, and later config changes apply.
         await wait_for(lambda: _near(c, "meter/m1/state/A/L1", 25), 30, "state resumed after etcd restart")
         await configure_meter(c, port, name="m2", seed_form=False)
-        await wait_for(lambda: c.get("meter/m2/state/W"), 20, "a meter added after the restart runs")
+        await wait_for(lambda: c.get("meter/m2/state/W_total"), 20, "a meter added after the restart runs")
     finally:
         assert evc.stop(), evc.text()
     await c.store.close()

@@ -8,6 +8,7 @@ instance) and polls again at once. See shared/reference/modbus-meters.md for the
 from __future__ import annotations
 
 import dataclasses
+import zlib
 import math
 import struct
 from typing import Any, Callable, ClassVar
@@ -147,6 +148,7 @@ class EastronMeter(Instance):
             self.bus = self._own_client
         super().startService()
         self.ctx.state.set("stale", True)
+        self._spread_s = (zlib.crc32(self.ctx.key.encode()) % 1000) / 1000 * self.config.interval_s
         self._next_poll = self.ctx.clock.callLater(0, self._poll)
 
     def stopService(self):
@@ -177,6 +179,10 @@ class EastronMeter(Instance):
         if not self.running:
             return
         delay_s = max(0.0, started + self.config.interval_s - self.ctx.clock.seconds())
+        if self._spread_s:
+            # Meters started together would otherwise poll in the same instant forever: after the first (immediate)
+            # poll, shift each one once by a stable fraction of its interval, derived from its name.
+            delay_s, self._spread_s = delay_s + self._spread_s, 0.0
         self._next_poll = self.ctx.clock.callLater(delay_s, self._poll)
 
     def _unexpected(self, failure) -> None:
@@ -282,7 +288,7 @@ class EastronMeter(Instance):
                 if v is not None:
                     state.set(f"{q}/L{i + 1}", _rounded(q, v), deadband=DEADBANDS[q])
         if r.W_total is not None:
-            state.set("W", _rounded("W", r.W_total), deadband=DEADBANDS["W"])
+            state.set("W_total", _rounded("W", r.W_total), deadband=DEADBANDS["W"])
         if r.energy_Wh is not None:
             state.set("energy_Wh", _rounded("energy_Wh", r.energy_Wh), deadband=DEADBANDS["energy_Wh"])
         if r.frequency_Hz is not None:

@@ -13,15 +13,17 @@ from evc.sim.sdm import SimSdm120, SimSdm630, SimSdm72
 from meter_helpers import RecordingDevice, make_ctx, memory_bus
 
 
-def start_meter(cls, sim, **config):
+def start_meter(cls, sim, spread=False, name="m1", **config):
     clock = task.Clock()
     dev = RecordingDevice(sim, clock)
     bus = memory_bus(clock, [dev], timeout_s=0.5)
-    ctx = make_ctx(clock, resolve=lambda kind, name: bus)
+    ctx = make_ctx(clock, resolve=lambda kind, ref: bus, name=name)
     config.setdefault("conn", "c1")
     config.setdefault("bus_addr", sim.unit)
     meter = cls(ctx, cls.Config(**config))
     meter.startService()
+    if not spread:
+        meter._spread_s = 0.0   # these tests pin the cadence; test_meters_started_together_do_not_poll_together covers it
     return meter, ctx, clock, dev, bus
 
 
@@ -40,9 +42,23 @@ def test_sdm630_values_arrive_in_one_block_read():
     assert r.updated == 0 and not r.stale
     assert dev.requests == [(0, 76)]
     s = ctx.state.values
-    assert (s["V/L1"], s["A/L2"], s["W/L1"], s["W"]) == (230.1, 15.5, 3682, 7262)
+    assert (s["V/L1"], s["A/L2"], s["W/L1"], s["W_total"]) == (230.1, 15.5, 3682, 7262)
     assert s["energy_Wh"] == 12_345_670 and s["frequency_Hz"] == 50.02 and s["stale"] is False
     assert (s["errors/timeouts"], s["errors/exceptions"], s["errors/bad_frames"]) == (0, 0, 0)
+
+
+def test_meters_started_together_do_not_poll_together():
+    """After the first, immediate poll each meter shifts its cadence once by a stable share of its interval."""
+    times = []
+    for unit in (1, 2, 3, 4):
+        meter, ctx, clock, dev, _ = start_meter(Sdm630, SimSdm630(unit), spread=True, name=f"m{unit}", interval_s=2.0)
+        clock.pump([0] + [0.01] * 1000)
+        assert dev.times[0] == 0
+        gaps = [round(b - a, 6) for a, b in zip(dev.times[1:], dev.times[2:])]
+        assert gaps and all(abs(g - 2.0) <= 0.011 for g in gaps)   # the cadence itself is kept (clock steps 0.01 s)
+        assert 2.0 <= dev.times[1] < 4.0
+        times.append(round(dev.times[1] % 2.0, 3))
+    assert len(set(times)) == 4                              # four meters, four different moments
 
 
 def test_polls_every_interval():
@@ -80,7 +96,7 @@ def test_sdm72_v1_reads_only_power_and_energy():
     r = meter.reading
     assert r.V == (None, None, None) and r.A == (None, None, None) and r.W == (None, None, None)
     assert r.W_total == 3500 and r.energy_Wh == 42_000 and r.frequency_Hz is None
-    assert "V/L1" not in ctx.state.values and ctx.state.values["W"] == 3500
+    assert "V/L1" not in ctx.state.values and ctx.state.values["W_total"] == 3500
     assert dev.requests[-2:] == [(0x34, 2), (0x48, 2)]
 
 
