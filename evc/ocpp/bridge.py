@@ -27,7 +27,14 @@ def loop(reactor=None) -> asyncio.AbstractEventLoop:
 def to_deferred(aw: Awaitable[Any], reactor=None) -> defer.Deferred:
     """Run `aw` (a coroutine or asyncio future) on the reactor's loop; cancelling the Deferred cancels the task."""
     fut = asyncio.ensure_future(aw, loop=loop(reactor))
-    return defer.Deferred.fromFuture(fut)
+    d = defer.Deferred.fromFuture(fut)
+
+    def twisted_cancel(failure):
+        # Twisted callers trap defer.CancelledError; asyncio's is a different class.
+        failure.trap(asyncio.CancelledError)
+        raise defer.CancelledError()
+
+    return d.addErrback(twisted_cancel)
 
 
 async def from_deferred(d: defer.Deferred, reactor=None) -> Any:
