@@ -81,8 +81,27 @@ def _leaf_name(err: jsonschema.ValidationError, base: str) -> str:
     return "/".join([base, *parts]) if parts else base
 
 
+def _exclusive_choice(err: jsonschema.ValidationError) -> list[str] | None:
+    """The property names of a oneOf whose branches each just require one property ("give bus or conn")."""
+    names = []
+    for branch in err.validator_value if isinstance(err.validator_value, list) else ():
+        req = branch.get("required") if isinstance(branch, dict) else None
+        if not req or len(req) != 1:
+            return None
+        names.append(req[0])
+    return names or None
+
+
 def _sentence(err: jsonschema.ValidationError, base: str) -> str:
     leaf = _leaf_name(err, base)
+    if err.validator == "oneOf" and isinstance(err.instance, dict):
+        names = _exclusive_choice(err)
+        if names:
+            given = [n for n in names if n in err.instance]
+            listed = " or ".join(f"{leaf}/{n}" for n in names)
+            if not given:
+                return f"{listed}: one of them is required"
+            return f"{' and '.join(f'{leaf}/{n}' for n in given)}: give only one of {', '.join(names)}"
     if err.validator == "required":
         return f"{leaf}: missing (required)"
     if err.validator == "additionalProperties":

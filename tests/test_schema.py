@@ -89,3 +89,12 @@ def test_unknown_type_names_the_known_types():
 def test_planned_type_is_reported_as_not_available_yet():
     with pytest.raises(ConfigError, match=r"^type: charger type 'ocpp' is not available yet"):
         Catalog().lookup("charger", "ocpp")
+
+
+@pytest.mark.parametrize("doc, message", [
+    ({"bus_addr": 1}, r"^config/bus or config/conn: one of them is required$"),
+    ({"bus": "h:1", "conn": "c1", "bus_addr": 1}, r"^config/bus and config/conn: give only one of bus, conn$"),
+])
+def test_an_exclusive_choice_is_explained(doc, message):
+    with pytest.raises(ConfigError, match=message):
+        Catalog().validate("meter", "SDM630", doc)
