@@ -220,14 +220,15 @@ class EvccManual(Instance):
         bus = self.ctx.resolve("conn", cfg.conn)
         if not IModbusBus.providedBy(bus):
             raise ConfigError(f"config/conn: conn {cfg.conn!r} is not a Modbus bus")
-        if IBusAddresses.providedBy(bus):
-            self._release = bus.claim(cfg.conn_port, self.ctx.key, leaf="config/conn_port")
+        meter = None
         if cfg.meter is not None:
             meter = self.ctx.resolve("meter", cfg.meter)
             if not IMeter.providedBy(meter):
-                if self._release is not None:
-                    self._release()
                 raise ConfigError(f"config/meter: meter {cfg.meter!r} gives no readings")
+        # Last of the checks that can refuse the start, so that a refused start holds no address.
+        if IBusAddresses.providedBy(bus):
+            self._release = bus.claim(cfg.conn_port, self.ctx.key, leaf="config/conn_port")
+        if meter is not None:
             self.meter = meter
             self._meter_unsubscribe = meter.subscribe(self._meter_reading)
         self.bus = bus
