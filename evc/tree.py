@@ -53,14 +53,7 @@ def decode_leaf(text: str, ps: dict | None, leaf: str) -> Any:
     accepted too); numbers, booleans, arrays and objects hold JSON."""
     types = schemas.allowed_types(ps)
     if types == {"string"}:
-        if text.startswith('"'):
-            try:
-                v = json.loads(text)
-                if isinstance(v, str):
-                    return v
-            except ValueError:
-                pass
-        return text
+        return _unquote(text)
     try:
         v = json.loads(text)
     except ValueError:
@@ -117,6 +110,7 @@ class InstanceLeaves:
 
 
 def _unquote(text: str) -> str:
+    """Raw text, or the string inside a JSON-quoted one."""
     if text.startswith('"'):
         try:
             v = json.loads(text)
