@@ -7,6 +7,7 @@ from evc.conn.rs485 import Rs485Conn
 from evc.sim.car import SimCar
 from evc.sim.evse import SimEvse
 from evc.sim.rs485 import SimRs485Bus
+from evc.sim.sdm import SimSdm630
 from evc.state import StateWriter
 from evc.store.memory import MemoryStore
 from evc.supervisor import Supervisor
@@ -158,3 +159,23 @@ async def test_polling_resumes_after_the_tunnel_dropped(sites):
     await until(lambda: conn.link_state == "up", "the tunnel reconnected")
     await until(lambda: site.evse.requests >= polls + 3, "polls going on")
     assert charger.status.online
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_meter_on_the_same_bus_gives_the_charger_its_current(sites):
+    """One conn, two devices (an EVSE at 1, an SDM630 at 2): both polled, the meter's L2 is the charger's draw."""
+    site = sites("local")
+    sdm = SimSdm630(unit=2)
+    sdm.set(V=230, A=(1.0, 12.5, 3.0))
+    site.sim.add(sdm)
+    site.put("meter/m2/type", "SDM630")
+    for key, value in (("conn", "s123"), ("bus_addr", 2), ("interval_s", 0.1), ("gap_ms", 0)):
+        site.put(f"meter/m2/config/{key}", value)
+    site.add_charger("s1", meter="m2", phases=1, phase_map='["L2"]')
+    await site.start()
+    charger = site.instance("charger", "s1")
+    await until(lambda: charger.status.online and charger.status.actual_A == (12.5,), "the metered draw")
+    assert site.instance("conn", "s123").claims[1] == "charger/s1"
+    sdm.set(A=(1.0, 7.25, 3.0))
+    await until(lambda: charger.status.actual_A == (7.25,), "a new metered draw")
+    await until(lambda: site.leaf("charger/s1/state/actual_A/L2") == "7.25", "actual_A/L2 in the store")
