@@ -147,6 +147,7 @@ class EvccManual(Instance):
         self._writing = False
         self._write_retry: IDelayedCall | None = None
         self._retry_s = self.write_retry_min_s
+        self._trouble_logged: tuple | None = None
         self._waiters: list[defer.Deferred] = []
         # polling
         self._failures = 0
@@ -166,6 +167,8 @@ class EvccManual(Instance):
         fails with the ModbusError of a failed attempt (retries go on, see `write_error`)."""
         if current_A < 0:
             raise ValueError(f"{self.ctx.key}: current {current_A} A is negative")
+        if not self.running:
+            return defer.fail(defer.CancelledError(f"{self.ctx.key} is not running"))
         if float(current_A) != self._asked_A:
             self._refused_cA = None        # a new value deserves a try, even after the board refused another
         self._asked_A = float(current_A)
@@ -331,6 +334,7 @@ class EvccManual(Instance):
         self._retry_s = self.write_retry_min_s
         if not self.running:
             return
+        self._trouble_logged = None
         if self._failed_cA is not None and self._refused_cA is None:
             log.info("{charger}: {current_A} A written after failures", charger=self.ctx.key,
                      current_A=entry.cA / 100)
@@ -365,7 +369,11 @@ class EvccManual(Instance):
                             current_A=amps)
             delay_s = self._next_retry_s()
             message = f"writing {amps:g} A failed ({failure.getErrorMessage()}); retrying in {delay_s:g} s"
-        log.warn("{charger}: {message}", charger=self.ctx.key, message=message)
+        # Once per kind of trouble: a long outage retries every few seconds and would fill the log.
+        trouble = (entry.cA, type(failure.value).__name__)
+        if trouble != self._trouble_logged:
+            log.warn("{charger}: {message}", charger=self.ctx.key, message=message)
+            self._trouble_logged = trouble
         self.ctx.state.set("write_error", message)
         waiters, self._waiters = self._waiters, []
         for d in waiters:

@@ -230,6 +230,7 @@ def test_stop_cancels_waiting_applies_and_leaves_the_board_as_it_is():
     assert rig.outcome(d).__class__.__name__ == "CancelledError"
     rig.run(2)
     assert rig.evse.set_current_A == 0
+    assert rig.outcome(rig.apply(10)).__class__.__name__ == "CancelledError", "a stopped charger takes nothing"
 
 
 # -- authorization ---------------------------------------------------------------------------------------
