@@ -404,11 +404,11 @@ def test_env_gives_url_and_root(etcd_session, etcd_root):
 
 @pytest_twisted.ensureDeferred
 async def test_planned_type_loads_with_a_warning(tmp_path, catalog, etcd_session, etcd_root):
-    path = write(tmp_path, GOOD + "conn:\n  s123:\n    type: rs485\n    config:\n      remote: 127.0.0.1:1\n")
+    path = write(tmp_path, GOOD + "reader:\n  r1:\n    type: serial\n    config:\n      charger: s1\n")
     code, out, err = await call(catalog, etcd_session, etcd_root, "config", "load", path)
     assert code == 0, err
-    assert "conn/s123/type: conn type 'rs485' is not available yet" in err and "error:" not in err
-    assert etcd_get(etcd_session, etcd_root)[f"{etcd_root}/conn/s123/type"] == "rs485"
+    assert "reader/r1/type: reader type 'serial' is not available yet" in err and "error:" not in err
+    assert etcd_get(etcd_session, etcd_root)[f"{etcd_root}/reader/r1/type"] == "serial"
 
 
 def test_types_lists_settings_and_what_is_not_available_yet(catalog):
@@ -417,4 +417,4 @@ def test_types_lists_settings_and_what_is_not_available_yet(catalog):
     text = out.getvalue()
     assert "meter/tmeter\n" in text and "  bus_addr: integer (≥ 1, ≤ 247) (default 1)\n" in text
     assert "  bus: string (required)\n" in text
-    assert "charger/EVCC_manual (not available yet)\n" in text
+    assert "reader/serial (not available yet)\n" in text
