@@ -25,8 +25,9 @@ class StateWriter(service.Service):
     """
     log = Logger()
 
-    def __init__(self, store, root: str, clock: IReactorTime, tick_s: float = 0.5, ttl_s: int = 10):
+    def __init__(self, store, root: str, clock: IReactorTime, tick_s: float = 0.5, ttl_s: int = 10, events=None):
         self.store = store
+        self.events = events   # an EventBus: ("store",) "lost" when a flush fails, "ok" when writes resume
         self.root = root.rstrip("/")
         self.clock = clock
         self.tick_s = tick_s
@@ -133,12 +134,16 @@ class StateWriter(service.Service):
             if not self._failing:
                 self.log.warn("state not written to etcd ({error}); keeping {n} leaves and retrying",
                               error=_brief(e), n=len(self._pending))
+                if self.events is not None:
+                    self.events.publish(("store",), "lost")
             self._failing = True
             if isinstance(e, StoreError) and "lease" in str(e).lower():
                 self._lease_lost()
             return
         if self._failing:
             self.log.info("state writes to etcd resumed")
+            if self.events is not None:
+                self.events.publish(("store",), "ok")
         self._failing = False
         for k, v in batch.items():
             if v is None:

@@ -53,6 +53,7 @@ class Options(usage.Options):
 def makeService(options: Options, reactor=None):
     from twisted.application import service
 
+    from evc.events import EventBus
     from evc.state import StateWriter
     from evc.store.etcd import EtcdStore
     from evc.store.service import StoreService
@@ -69,9 +70,11 @@ def makeService(options: Options, reactor=None):
     store = EtcdStore(options["etcd"], reactor, user=options["etcd-user"], password=options["etcd-password"],
                       ca_file=options["etcd-ca"], cert_file=options["etcd-cert"], key_file=options["etcd-key"])
     StoreService(store).setServiceParent(top)
-    state = StateWriter(store, options["root"], reactor, tick_s=options["tick"], ttl_s=options["lease-ttl"])
+    events = EventBus()
+    state = StateWriter(store, options["root"], reactor, tick_s=options["tick"], ttl_s=options["lease-ttl"],
+                        events=events)
     state.setServiceParent(top)
-    supervisor = Supervisor(store, options["root"], state, reactor, reactor)
+    supervisor = Supervisor(store, options["root"], state, reactor, reactor, events=events)
     supervisor.setName("supervisor")
     supervisor.setServiceParent(top)
     return top

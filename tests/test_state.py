@@ -155,3 +155,22 @@ def test_stop_revokes_the_lease(rig):
     writer.stopService()
     clock.advance(0)
     assert read(store) == {}
+
+
+def test_lost_and_resumed_writes_are_announced_on_the_event_bus(rig):
+    """Control listens: while etcd is lost it keeps the last good limits and raises nothing."""
+    from evc.events import EventBus
+    clock, store, writer = rig
+    writer.events = bus = EventBus()
+    heard = []
+    bus.subscribe(("store",), lambda topic, event: heard.append(event))
+    s = writer.scope("meter", "m1")
+    s.set("W", 1)
+    clock.advance(0.5)
+    store.available = False
+    for w in range(2, 6):
+        s.set("W", w)
+        clock.advance(0.5)
+    store.available = True
+    clock.advance(0.5)
+    assert heard == ["lost", "ok"]

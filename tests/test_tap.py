@@ -41,6 +41,7 @@ def test_make_service_wires_store_state_and_supervisor_in_order():
     assert [s.name for s in top] == ["store", None, "supervisor"]
     sup = top.getServiceNamed("supervisor")
     assert sup.root == "/evc/s1" and sup.state.root == "/evc/s1"
+    assert sup.state.events is sup.events     # control hears the state writer's ("store",) lost/ok
 
 
 def test_json_log_format_writes_one_object_per_line():
