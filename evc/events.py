@@ -37,3 +37,38 @@ class EventBus:
                     cb(topic, event)
                 except Exception:
                     log.failure("event subscriber failed on {topic}", topic=topic)
+
+
+class Subscribers:
+    """The callbacks one instance hands its values to (a meter's readings, a charger's status).
+
+    `add(callback)` returns unsubscribe() (calling it twice is harmless). `notify(value)` calls every callback in
+    the order they were added; one that raises is logged and never keeps the value from the others. A callback may
+    unsubscribe (itself or another) while being notified: a notification goes to the callbacks present when it began.
+    """
+
+    def __init__(self, owner: str = "", what: str = "subscriber"):
+        self.owner = owner          # for the log line: "meter/m1: a subscriber failed"
+        self.what = what
+        self._callbacks: list[Callable[[Any], None]] = []
+
+    def add(self, callback: Callable[[Any], None]) -> Callable[[], None]:
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            try:
+                self._callbacks.remove(callback)
+            except ValueError:
+                pass
+
+        return unsubscribe
+
+    def notify(self, value: Any) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(value)
+            except Exception:
+                log.failure("{owner}: a {what} failed", owner=self.owner, what=self.what)
+
+    def __len__(self) -> int:
+        return len(self._callbacks)

@@ -20,6 +20,11 @@ Safety rules (the charger must never stay above the newest value control asked f
 - A value the board refuses (exception reply) is replaced by 0 (pause) and reported in `write_error`.
 - Mode OFF, or `auth: token` without a presented token, pauses the charger whatever control asks.
 
+Sessions (evc.session): the charger owns a SessionTracker fed on every poll with the status and its meter's energy
+counter; with `auth: none` a car is authorized as it is plugged, with `auth: token` by authorize(); deauthorize()
+ends the session (DeAuthorized). wants_current() asks only while an authorized session is open, and a session open
+when EVC stopped continues if the car is still plugged when the new instance first polls.
+
 Events: every change of `status` (the `updated` stamp aside) goes to `subscribe()` callbacks and to
 `ctx.events` topic ("charger", <name>) as the ChargerStatus itself; authorize()/deauthorize() publish
 {"authorized": bool, "id_tag": str | None} on topic ("authorization", <name>).
@@ -40,9 +45,11 @@ from evc.bus.errors import ModbusError, ModbusException
 from evc.charger.base import ChargerStatus, ICharger
 from evc.conn import IBusAddresses
 from evc.errors import ConfigError
+from evc.events import Subscribers
 from evc.instance import Instance
 from evc.meter.base import IMeter, Reading
 from evc.registry import CHARGERS
+from evc.session import SessionTracker
 
 log = Logger(namespace="evc.charger.evcc_manual")
 
@@ -134,7 +141,7 @@ class EvccManual(Instance):
         self._bits_cleared = False
         self._release: Callable[[], None] | None = None
         self._meter_unsubscribe: Callable[[], None] | None = None
-        self._subscribers: list[Callable[[ChargerStatus], None]] = []
+        self._subscribers = Subscribers(ctx.key, "status subscriber")
         self._authorized: str | None = None
         # setpoint bookkeeping, in centiamps
         self._asked_A: float | None = None
@@ -155,12 +162,17 @@ class EvccManual(Instance):
         self._polling: defer.Deferred | None = None
         self._poll_again = False
         self._cable_A: float | None = None
+        # Free charging (auth none) authorizes every car as it is plugged; with tokens, authorize() does.
+        self.sessions = SessionTracker(ctx, authorize_on_plug=(config.auth == "none"))
 
     # --- ICharger ---
 
     def wants_current(self) -> bool:
         s = self.status
-        return (self._allowed() and s.online and not s.fault and s.vehicle in ("plugged", "charging"))
+        # may_charge: an authorized session is open; one that ended (deauthorized, stopped) asks for nothing more
+        # until the car is unplugged or a new token arrives.
+        return (self._allowed() and self.sessions.may_charge and s.online and not s.fault
+                and s.vehicle in ("plugged", "charging"))
 
     def apply(self, current_A) -> defer.Deferred:
         """Set 1000. Fires with the amps the board accepted once the newest value landed (or needed no write);
@@ -178,12 +190,7 @@ class EvccManual(Instance):
         return d
 
     def subscribe(self, callback: Callable[[ChargerStatus], None]) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     # --- authorization (readers and fronts) ---
 
@@ -195,6 +202,7 @@ class EvccManual(Instance):
         """A token was presented: with `auth: token`, mode ON may charge from now until the car is unplugged."""
         self._authorized = id_tag
         log.info("{charger}: authorized", charger=self.ctx.key)    # never log the token itself
+        self.sessions.authorized(id_tag)
         self._authorization_changed()
 
     def deauthorize(self) -> None:
@@ -203,6 +211,7 @@ class EvccManual(Instance):
             return
         self._authorized = None
         log.info("{charger}: authorization withdrawn", charger=self.ctx.key)
+        self.sessions.end("DeAuthorized")
         self._authorization_changed()
 
     def _authorization_changed(self) -> None:
@@ -236,6 +245,7 @@ class EvccManual(Instance):
             self._meter_unsubscribe = meter.subscribe(self._meter_reading)
         self.bus = bus
         super().startService()
+        self.sessions.start()
         self.ctx.state.update({"online": False, "mode": cfg.mode})
         if cfg.auth == "token":
             self.ctx.state.set("authorized", False)
@@ -262,7 +272,8 @@ class EvccManual(Instance):
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.errback(defer.CancelledError(f"{self.ctx.key} stopped"))
-        return None
+        # The open session stays open in data/sessions: the next instance (a restart) continues it.
+        return self.sessions.stop()
 
     # --- setpoints ---
 
@@ -481,6 +492,7 @@ class EvccManual(Instance):
             self._set_status(dataclasses.replace(self.status, online=False, setpoint_A=self._setpoint_A()))
         else:
             log.debug("{charger}: poll failed: {error}", charger=self.ctx.key, error=str(e))
+        self.sessions.update(self.status, self._meter_Wh())
 
     def _poll_ok(self, registers: list[int], seen_writes: int) -> None:
         if self._failures >= self.offline_after or not self.status.online:
@@ -507,10 +519,13 @@ class EvccManual(Instance):
             log.info("{charger}: car unplugged: authorization ends", charger=self.ctx.key)
             self._authorized = None
             self._authorization_changed()
-        self._set_status(ChargerStatus(
+        status = ChargerStatus(
             vehicle=vehicle, online=True, setpoint_A=self._setpoint_A(), offered_A=offered_cA / 100,
             actual_A=self._actual_A(), limit_A=self._cable_A, fault=self._fault(state_code, status_bits),
-            updated=self.ctx.clock.seconds()))
+            updated=self.ctx.clock.seconds())
+        # The session first, so that status subscribers (control) already see the new wants_current().
+        self.sessions.update(status, self._meter_Wh())
+        self._set_status(status)
         self._sync()
 
     @staticmethod
@@ -534,6 +549,12 @@ class EvccManual(Instance):
             return (None,) * self.config.phases
         return tuple(reading.A[PHASE_INDEX[p]] for p in self.config.phase_map)
 
+    def _meter_Wh(self) -> float | None:
+        reading = self.meter.reading if self.meter is not None else None
+        if reading is None or reading.stale:
+            return None
+        return reading.energy_Wh
+
     def _meter_reading(self, reading: Reading) -> None:
         self._set_status(dataclasses.replace(self.status, actual_A=self._actual_A()))
 
@@ -547,11 +568,7 @@ class EvccManual(Instance):
         self._write_state(new)
         if dataclasses.replace(old, updated=None) == dataclasses.replace(new, updated=None):
             return
-        for callback in list(self._subscribers):
-            try:
-                callback(new)
-            except Exception:
-                log.failure("{charger}: a status subscriber failed", charger=self.ctx.key)
+        self._subscribers.notify(new)
         if self.ctx.events is not None:
             self.ctx.events.publish(("charger", self.ctx.name), new)
 

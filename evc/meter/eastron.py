@@ -4,6 +4,9 @@ A type module (sdm630, sdm120, sdm72) gives its register fields and an ordered l
 first plan reads as much as the map allows in one request; when the meter answers exception 02 (illegal
 address: the span crosses registers it does not serve) the meter falls back to the next plan for good (per
 instance) and polls again at once. See shared/reference/modbus-meters.md for the maps and the timing.
+
+On an rs485 conn the meter claims its `bus_addr` while it runs (evc.conn.IBusAddresses), so a meter configured at
+the address of another device on that bus is refused with an error naming config/bus_addr and the holder.
 """
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ from zope.interface import implementer
 from evc.bus.client import IModbusBus
 from evc.bus.errors import ModbusError, ModbusException
 from evc.bus.tcp import ModbusTcpClient, parse_host_port
+from evc.conn import IBusAddresses
 from evc.errors import ConfigError
+from evc.events import Subscribers
 from evc.instance import Instance
 from evc.meter.base import NO_PHASES, IMeter, Reading
 
@@ -105,7 +110,8 @@ class EastronMeter(Instance):
         self.reading = Reading()
         self.bus: Any = None
         self._own_client: ModbusTcpClient | None = None
-        self._subscribers: list[Callable[[Reading], None]] = []
+        self._subscribers = Subscribers(ctx.key)
+        self._release: Callable[[], None] | None = None
         self._plan_index = 0
         self._next_poll: IDelayedCall | None = None
         self._stale_timer: IDelayedCall | None = None
@@ -119,12 +125,7 @@ class EastronMeter(Instance):
     # --- IMeter ---
 
     def subscribe(self, callback: Callable[[Reading], None]) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     @property
     def plan(self) -> ReadPlan:
@@ -139,6 +140,9 @@ class EastronMeter(Instance):
             bus = self.ctx.resolve("conn", cfg.conn)
             if not IModbusBus.providedBy(bus):
                 raise ConfigError(f"config/conn: conn {cfg.conn!r} is not a Modbus bus")
+            if IBusAddresses.providedBy(bus):
+                # Two devices at one address would answer each other's requests: refuse the second one clearly.
+                self._release = bus.claim(cfg.bus_addr, self.ctx.key, leaf="config/bus_addr")
             self.bus = bus
         else:
             self._own_client = ModbusTcpClient.from_address(
@@ -159,6 +163,9 @@ class EastronMeter(Instance):
         self._next_poll = self._stale_timer = None
         if self._polling is not None:
             self._polling.cancel()
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
         if self._own_client is not None:
             client, self._own_client = self._own_client, None
             return client.stop()
@@ -275,11 +282,7 @@ class EastronMeter(Instance):
             log.debug("{meter}: {error}", meter=self.ctx.key, error=str(e))
 
     def _notify(self) -> None:
-        for callback in list(self._subscribers):
-            try:
-                callback(self.reading)
-            except Exception:
-                log.failure("{meter}: a subscriber failed", meter=self.ctx.key)
+        self._subscribers.notify(self.reading)
 
     def _write_reading(self, was_stale: bool) -> None:
         r, state = self.reading, self.ctx.state

@@ -1,8 +1,10 @@
 """Eastron meter types on an in-memory Modbus link to the simulators, with a task.Clock."""
 import pytest
 from twisted.internet import task
+from zope.interface import implementer
 
 from evc.bus.client import IModbusBus
+from evc.conn import IBusAddresses
 from evc.errors import ConfigError
 from evc.meter.base import IMeter, Reading
 from evc.meter.sdm120 import Sdm120
@@ -235,6 +237,49 @@ def test_conn_resolves_to_a_bus():
     clock.advance(0)
     assert asked == [("conn", "s123")] and IModbusBus.providedBy(meter.bus)
     assert not meter.reading.stale
+
+
+@implementer(IModbusBus, IBusAddresses)
+class ClaimingBus:
+    """A Modbus bus that keeps address claims the way conn/rs485 does."""
+
+    def __init__(self, bus, name="s123"):
+        self._bus, self.name, self.claims = bus, name, {}
+
+    def __getattr__(self, attr):
+        return getattr(self._bus, attr)
+
+    def claim(self, unit, user_key, leaf="config/conn_port"):
+        holder = self.claims.get(unit)
+        if holder not in (None, user_key):
+            raise ConfigError(f"{leaf}: address {unit} on conn {self.name} is already used by {holder}")
+        self.claims[unit] = user_key
+        return lambda: self.release(unit, user_key)
+
+    def release(self, unit, user_key):
+        if self.claims.get(unit) == user_key:
+            del self.claims[unit]
+
+
+def test_a_meter_on_a_conn_claims_its_address_and_gives_it_back_when_it_stops():
+    clock = task.Clock()
+    bus = ClaimingBus(memory_bus(clock, [SimSdm630(2)]))
+    meter = Sdm630(make_ctx(clock, resolve=lambda kind, name: bus), Sdm630.Config(conn="s123", bus_addr=2))
+    meter.startService()
+    clock.advance(0)
+    assert bus.claims == {2: "meter/m1"} and not meter.reading.stale
+    meter.stopService()
+    assert bus.claims == {}
+
+
+def test_a_meter_at_an_address_another_device_holds_is_refused_naming_bus_addr():
+    clock = task.Clock()
+    bus = ClaimingBus(memory_bus(clock, [SimSdm630(1)]))
+    bus.claims[1] = "charger/s1"
+    meter = Sdm630(make_ctx(clock, resolve=lambda kind, name: bus), Sdm630.Config(conn="s123", bus_addr=1))
+    with pytest.raises(ConfigError, match="^config/bus_addr: address 1 on conn s123 is already used by charger/s1$"):
+        meter.startService()
+    assert not meter.running and bus.claims == {1: "charger/s1"} and not clock.getDelayedCalls()
 
 
 @pytest.mark.parametrize("config,leaf", [
