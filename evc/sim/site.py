@@ -1,25 +1,31 @@
-"""A whole simulated charging site in one process: RS485 buses with EVSEs, cars, and the grid meter.
+"""A whole simulated charging site in one process: RS485 buses with EVSEs, cars, the grid meter and EVSE meters.
 
 The grid meter sees, per phase, the base load (loads that are not cars, changeable while running) plus what
 every car draws, put on the grid phase its charger's `phase_map` wires it to, so control decisions show up
-in the meter readings as they would on a real site.
+in the meter readings as they would on a real site. An EVSE may have a meter of its own (an SDM630 in the
+EVSE's supply, on Modbus TCP at a port or on an RS485 bus at a unit): it sees only that EVSE's car, on the
+grid phases the EVSE is wired to, which is what EVC's charger `meter` setting expects.
 
 Run it for the demo or a script:
 
     python -m evc.sim.site --config site.yaml
-    python -m evc.sim.site --evses 2 --tcp-port 15485 --tty-link /tmp/evc-rs485 --meter-port 15020
+    python -m evc.sim.site --evses 2 --tcp-port 15485 --tty-link /tmp/evc-rs485 --meter-port 15030 \
+        --evse-meter-port 15020          # s1's own meter on 15020, s2's on 15021 (--evse-meter-unit 101: on bus1)
 
 A config file says the same at any size (every key optional; evse and car keys are SimEvse/SimCar options):
 
     tick_s: 1.0                # simulation step; speed: 60 makes one real second a simulated minute
     voltage_V: 230
-    meter: {port: 15020, unit: 1, base_load_A: [4, 2, 1]}      # add bus: b1 to put it on RS485 too
+    meter: {port: 15021, unit: 1, base_load_A: [4, 2, 1]}      # add bus: b1 to put it on RS485 too
     buses:
       b1: {tcp_port: 15485, tty_link: /tmp/evc-rs485-1, baud: 9600}
     evses:
-      s1: {bus: b1, unit: 1, phases: 3, phase_map: L2L3L1, max_current_A: 32, default_current_A: 0}
+      s1: {bus: b1, unit: 1, phases: 3, phase_map: L2L3L1, max_current_A: 32, default_current_A: 0,
+           meter: {port: 15020, unit: 1}}                        # or meter: {bus: b1, unit: 101}
     cars:
       car1: {evse: s1, phases: 1, max_current_A: 16, capacity_Wh: 40000, soc: 0.3}
+
+Meters given the same TCP port share it as one Modbus TCP gateway does (told apart by their unit).
 
 It prints one JSON line with every endpoint (tty paths, tunnel and meter ports), then reads commands, one
 per line, on stdin (and on `--control-port` if given): `status`, `base L1 L2 L3`, `plug CAR EVSE`,
@@ -101,6 +107,11 @@ class SimSite:
         self._last_tick_at: float | None = None
         self._meter_listener = None
         self._bus_plans: dict[str, dict] = {}
+        self.evse_meters: dict[str, SimSdm630] = {}        # EVSE name -> its own meter
+        self.evse_energy_Wh: dict[str, float] = {}
+        self._evse_meter_plans: dict[str, dict] = {}       # EVSE name -> {"port": ..., "bus": ...}
+        self._listeners: list = []                         # the EVSE meters' TCP ports (shared ones once)
+        self._evse_meter_ports: dict[str, int] = {}
         self.refresh()
 
     @staticmethod
@@ -137,6 +148,27 @@ class SimSite:
         self._evse_bus[name] = bus
         return evse
 
+    def add_evse_meter(self, evse: str, *, unit: int = 1, port: int | None = None, bus: str | None = None,
+                       **sdm_kw) -> SimSdm630:
+        """Give EVSE `evse` a meter of its own: an SDM630 at `unit`, served on Modbus TCP at `port` (0 = any free
+        port) by `start()`, or put on RS485 bus `bus` now (exactly one of the two)."""
+        if evse not in self.evses:
+            raise ValueError(f"EVSE meter: no EVSE {evse!r} (EVSEs: {', '.join(self.evses) or 'none'})")
+        if evse in self.evse_meters:
+            raise ValueError(f"EVSE {evse} has a meter already")
+        if (port is None) == (bus is None):
+            raise ValueError(f"EVSE {evse}'s meter: give exactly one of port (Modbus TCP) and bus (RS485)")
+        if bus is not None and bus not in self.buses:
+            raise ValueError(f"EVSE {evse}'s meter: no bus {bus!r} (buses: {', '.join(self.buses) or 'none'})")
+        meter = SimSdm630(unit, **sdm_kw)
+        if bus is not None:
+            self.buses[bus].add(meter)
+        self.evse_meters[evse] = meter
+        self.evse_energy_Wh[evse] = 0.0
+        self._evse_meter_plans[evse] = {"port": port, "bus": bus}
+        self.refresh()
+        return meter
+
     def add_car(self, name: str, *, evse: str | None = None, **car_kw) -> SimCar:
         """A car, plugged into `evse` if given."""
         if name in self.cars:
@@ -171,10 +203,17 @@ class SimSite:
     def car_load_A(self) -> tuple[float, float, float]:
         """What the cars draw, per grid phase."""
         load = [0.0, 0.0, 0.0]
-        for name, evse in self.evses.items():
-            if evse.car is None:
-                continue
-            for conductor, current_A in enumerate(evse.car.draw_A):
+        for name in self.evses:
+            for phase, current_A in enumerate(self.evse_load_A(name)):
+                load[phase] += current_A
+        return tuple(load)
+
+    def evse_load_A(self, name: str) -> tuple[float, float, float]:
+        """What the car at EVSE `name` draws, per grid phase (its conductors put where its phase_map says)."""
+        load = [0.0, 0.0, 0.0]
+        car = self.evses[name].car
+        if car is not None:
+            for conductor, current_A in enumerate(car.draw_A):
                 load[self.phase_maps[name][conductor] - 1] += current_A
         return tuple(load)
 
@@ -188,10 +227,14 @@ class SimSite:
         return tuple(self.voltage_V * a for a in self.grid_current_A)
 
     def refresh(self) -> None:
-        """Hand the current values to the meter."""
+        """Hand the current values to the meters."""
         power_W = self.grid_power_W
         self.meter.set(V=(self.voltage_V,) * 3, A=tuple(abs(a) for a in self.grid_current_A), W=power_W,
                        energy_Wh=self.energy_Wh)
+        for name, meter in self.evse_meters.items():
+            load_A = self.evse_load_A(name)
+            meter.set(V=(self.voltage_V,) * 3, A=load_A, W=tuple(self.voltage_V * a for a in load_A),
+                      energy_Wh=self.evse_energy_Wh[name])
 
     def advance(self, dt_s: float) -> None:
         """Let `dt_s` simulated seconds pass: cars charge, the meter counts energy."""
@@ -199,6 +242,8 @@ class SimSite:
             return
         # Energy at the draw that held during the interval, before the cars' state of charge moves on.
         self.energy_Wh += max(0.0, sum(self.grid_power_W)) * dt_s / 3600.0
+        for name in self.evse_meters:
+            self.evse_energy_Wh[name] += self.voltage_V * sum(self.evse_load_A(name)) * dt_s / 3600.0
         for car in self.cars.values():
             car.step(dt_s)
         self.refresh()
@@ -212,18 +257,38 @@ class SimSite:
     # -- running ---------------------------------------------------------------------------------------
 
     def start(self, meter_port: int | None = None, meter_interface: str = "127.0.0.1") -> dict:
-        """Open the planned ptys and tunnels, the meter's Modbus TCP port (`meter_port`, 0 = any free one;
-        None = none), start ticking; returns `endpoints()`."""
+        """Open the planned ptys and tunnels, the grid meter's Modbus TCP port (`meter_port`, 0 = any free one;
+        None = none) and the EVSE meters' ports, start ticking; returns `endpoints()`."""
         for name, bus in self.buses.items():
             plan = self._bus_plans[name]
             if plan["tty_link"]:
                 bus.open_pty(None if plan["tty_link"] is True else plan["tty_link"])
             if plan["tcp_port"] is not None:
                 bus.listen(plan["tcp_port"])
+        # One listener per fixed port: meters planned on the same port share it, as behind one Modbus TCP gateway.
+        by_port: dict[int, object] = {}
         if meter_port is not None:
             self._meter_listener = listen_tcp(self._reactor, [self.meter], meter_port, meter_interface)
+            if meter_port:
+                by_port[meter_port] = self._meter_listener
             log.info("grid meter (SDM630, unit {unit}) on {interface}:{port}", unit=self.meter_unit,
                      interface=meter_interface, port=self.meter_port)
+        for name, meter in self.evse_meters.items():
+            port = self._evse_meter_plans[name]["port"]
+            if port is None:
+                continue
+            listener = by_port.get(port)
+            if listener is None:
+                listener = listen_tcp(self._reactor, [], port, meter_interface)
+                self._listeners.append(listener)
+                if port:
+                    by_port[port] = listener
+            if meter.unit in listener.factory.devices:
+                raise ValueError(f"EVSE {name}'s meter: unit {meter.unit} on port {port} is taken")
+            listener.factory.add(meter)
+            self._evse_meter_ports[name] = listener.getHost().port
+            log.info("EVSE {evse}'s meter (SDM630, unit {unit}) on {interface}:{port}", evse=name, unit=meter.unit,
+                     interface=meter_interface, port=self._evse_meter_ports[name])
         self._last_tick_at = self._reactor.seconds()
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = self._reactor
@@ -246,6 +311,10 @@ class SimSite:
                              "phase_map": list(self.phase_maps[name])}
                       for name, evse in self.evses.items()},
             "cars": {name: {"evse": car.evse.name if car.evse else None} for name, car in self.cars.items()},
+            "evse_meters": {name: {"host": "127.0.0.1" if self._evse_meter_plans[name]["port"] is not None else None,
+                                   "port": self._evse_meter_ports.get(name), "bus": self._evse_meter_plans[name]["bus"],
+                                   "unit": meter.unit}
+                            for name, meter in self.evse_meters.items()},
         }
 
     def status(self) -> dict:
@@ -255,7 +324,9 @@ class SimSite:
             "base_load_A": list(self.base_load_A),
             "energy_Wh": round(self.energy_Wh, 1),
             "evses": {name: {"set_A": evse.set_current_A, "vehicle_state": evse.vehicle_state,
-                             "relay_on": evse.relay_on, "car": evse.car.name if evse.car else None}
+                             "relay_on": evse.relay_on, "car": evse.car.name if evse.car else None,
+                             **({"meter_A": [round(a, 3) for a in self.evse_load_A(name)],
+                                 "meter_Wh": round(self.evse_energy_Wh[name], 1)} if name in self.evse_meters else {})}
                       for name, evse in self.evses.items()},
             "cars": {name: {"soc": round(car.soc, 4), "draw_A": [round(a, 3) for a in car.draw_A],
                             "session_Wh": round(car.session_Wh, 1)}
@@ -268,9 +339,11 @@ class SimSite:
             self._loop.stop()
         self._loop = None
         ds = [bus.close() for bus in self.buses.values()]
+        listeners, self._listeners = self._listeners, []
         if self._meter_listener is not None:
-            listener, self._meter_listener = self._meter_listener, None
-            ds.append(defer.maybeDeferred(listener.stopListening))
+            listeners.append(self._meter_listener)
+            self._meter_listener = None
+        ds.extend(defer.maybeDeferred(listener.stopListening) for listener in listeners)
         return defer.gatherResults(ds, consumeErrors=True)
 
     # -- configuration ---------------------------------------------------------------------------------
@@ -287,7 +360,11 @@ class SimSite:
         for name, bus_cfg in (config.pop("buses", None) or {}).items():
             site.add_bus(name, **(bus_cfg or {}))
         for name, evse_cfg in (config.pop("evses", None) or {}).items():
+            evse_cfg = dict(evse_cfg)
+            evse_meter = evse_cfg.pop("meter", None)
             site.add_evse(name, **evse_cfg)
+            if evse_meter is not None:
+                site.add_evse_meter(name, **evse_meter)
         for name, car_cfg in (config.pop("cars", None) or {}).items():
             site.add_car(name, **(car_cfg or {}))
         if meter_cfg.get("bus"):
@@ -345,6 +422,11 @@ def config_from_args(args) -> dict:
             return yaml.safe_load(f) or {}
     bus = {"baud": args.baud, "tcp_port": args.tcp_port, "tty_link": args.tty_link or (args.tcp_port is None)}
     evses = {f"s{n}": {"bus": "bus1", "unit": n, "default_current_A": 0} for n in range(1, args.evses + 1)}
+    for n, evse in enumerate(evses.values()):
+        if args.evse_meter_port is not None:
+            evse["meter"] = {"port": args.evse_meter_port + n if args.evse_meter_port else 0, "unit": 1}
+        elif args.evse_meter_unit is not None:
+            evse["meter"] = {"bus": "bus1", "unit": args.evse_meter_unit + n}
     cars = {f"car{n}": {"evse": f"s{n}", "soc": 0.3} for n in range(1, min(args.cars, args.evses) + 1)}
     return {
         "tick_s": args.tick_s, "speed": args.speed,
@@ -371,6 +453,12 @@ def main(argv=None) -> None:
     parser.add_argument("--tty-link", help="bus1's pty link path (default: a temporary one, when no --tcp-port)")
     parser.add_argument("--baud", type=int, help="simulate wire time at this baud rate")
     parser.add_argument("--meter-port", type=int, default=0, help="SDM630 Modbus TCP port (0 = any free)")
+    meters = parser.add_mutually_exclusive_group()
+    meters.add_argument("--evse-meter-port", type=int, metavar="PORT",
+                        help="give each EVSE an SDM630 of its own on Modbus TCP: s1 on PORT, s2 on PORT+1, ... "
+                             "(0 = free ports)")
+    meters.add_argument("--evse-meter-unit", type=int, metavar="UNIT",
+                        help="give each EVSE an SDM630 of its own on bus1: s1's at UNIT, s2's at UNIT+1, ...")
     parser.add_argument("--base-load", default="0,0,0", help="base load per phase in A: L1,L2,L3")
     parser.add_argument("--tick-s", type=float, default=1.0, help="simulation step in seconds")
     parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")

@@ -1,6 +1,7 @@
 """The simulated site: base load plus car draw on the right grid phases, energy, config, CLI commands."""
 import json
 import os
+import socket
 import sys
 import time
 
@@ -178,6 +179,82 @@ async def test_started_site_takes_a_setpoint_over_the_tunnel_and_the_meter_follo
     assert not os.path.lexists(endpoints["buses"]["b"]["tty"])
 
 
+def test_an_evse_meter_sees_only_its_own_car_on_the_evse_grid_phases_and_counts_its_energy():
+    clock, site, grid = site_with(base_load_A=(5, 5, 5))
+    site.add_evse("s1", bus="b", unit=1, phase_map="L2", default_current_A=16)
+    site.add_evse("s2", bus="b", unit=2, default_current_A=10)
+    m1 = site.add_evse_meter("s1", port=0)
+    site.add_car("c1", evse="s1", phases=1, soc=0.3)
+    site.add_car("c2", evse="s2", phases=3, soc=0.3)
+    assert grid.values["A"] == (15, 31, 15)
+    assert m1.A == [0, 16, 0] and m1.W == [0, 230 * 16, 0] and m1.V == [230, 230, 230]
+    site.advance(3600)
+    assert m1.import_Wh == pytest.approx(230 * 16) and grid.values["energy_Wh"] > m1.import_Wh
+    site.unplug("c1")
+    assert m1.A == [0, 0, 0] and m1.import_Wh == pytest.approx(230 * 16)   # the counter keeps what it counted
+    assert run_command(site, "status")["evses"]["s1"]["meter_Wh"] == pytest.approx(3680)
+    assert "meter_A" not in run_command(site, "status")["evses"]["s2"]
+
+
+def test_an_evse_meter_needs_one_place_and_an_existing_evse():
+    _, site, _ = site_with()
+    site.add_evse("s1", bus="b", unit=1)
+    with pytest.raises(ValueError, match="exactly one of port"):
+        site.add_evse_meter("s1", port=15020, bus="b")
+    with pytest.raises(ValueError, match="no EVSE 's9'"):
+        site.add_evse_meter("s9", port=0)
+    with pytest.raises(ValueError, match="no bus 'b9'"):
+        site.add_evse_meter("s1", bus="b9", unit=2)
+
+
+def test_an_evse_meter_on_the_evse_bus_answers_at_its_unit():
+    site, _ = SimSite.from_config(task.Clock(), {
+        "buses": {"b1": {}},
+        "evses": {"s1": {"bus": "b1", "unit": 1, "default_current_A": 13, "meter": {"bus": "b1", "unit": 11}}},
+        "cars": {"c1": {"evse": "s1", "phases": 3, "soc": 0.3}}})
+    out = []
+    site.buses["b1"].attach(out.append).feed(rtu_frame(11, bytes([4, 0, 6, 0, 6])))
+    reply = codec.RtuFraming().decode(out[0])[1]
+    assert [codec.registers_to_float32(reply.registers, i) for i in (0, 2, 4)] == [13, 13, 13]
+    assert site.endpoints()["evse_meters"] == {"s1": {"host": None, "port": None, "bus": "b1", "unit": 11}}
+
+
+@pytest_twisted.ensureDeferred
+async def test_started_evse_meters_serve_on_their_ports_and_share_a_port_like_a_gateway():
+    site = SimSite(reactor, base_load_A=(1, 1, 1), tick_s=0.01)
+    site.add_bus("b")
+    for n, phase_map in ((1, "L1"), (2, "L3")):
+        site.add_evse(f"s{n}", bus="b", unit=n, phase_map=phase_map, default_current_A=8 * n)
+        site.add_car(f"c{n}", evse=f"s{n}", phases=1, soc=0.3)
+    site.add_evse_meter("s1", port=0, unit=1)
+    endpoints = site.start(meter_port=0)
+    try:
+        port = endpoints["evse_meters"]["s1"]["port"]
+        assert port not in (None, endpoints["meter"]["port"])
+        assert await read_meter_currents_A(port) == (8, 0, 0)
+        assert await read_meter_currents_A(endpoints["meter"]["port"]) == (9, 1, 17)
+    finally:
+        await site.stop()
+    # Two EVSE meters and the grid meter on one fixed port: one listener, three units.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    site = SimSite(reactor, base_load_A=(1, 1, 1), tick_s=0.01)
+    site.add_bus("b")
+    for n, phase_map in ((1, "L1"), (2, "L3")):
+        site.add_evse(f"s{n}", bus="b", unit=n, phase_map=phase_map, default_current_A=8 * n)
+        site.add_car(f"c{n}", evse=f"s{n}", phases=1, soc=0.3)
+        site.add_evse_meter(f"s{n}", port=free, unit=10 + n)
+    endpoints = site.start(meter_port=free)
+    try:
+        assert {m["port"] for m in endpoints["evse_meters"].values()} == {free}
+        assert await read_meter_currents_A(free, unit=11) == (8, 0, 0)
+        assert await read_meter_currents_A(free, unit=12) == (0, 0, 16)
+        assert await read_meter_currents_A(free, unit=1) == (9, 1, 17)
+    finally:
+        await site.stop()
+
+
 def test_meter_can_sit_on_an_rs485_bus_too():
     site, _ = SimSite.from_config(task.Clock(), {
         "meter": {"bus": "b1", "unit": 9, "base_load_A": [2, 0, 0]}, "buses": {"b1": {}}})
@@ -209,7 +286,8 @@ async def test_cli_prints_its_endpoints_and_obeys_commands(tmp_path):
     cli = Cli()
     proc = reactor.spawnProcess(cli, sys.executable, [
         sys.executable, "-m", "evc.sim.site", "--evses", "2", "--cars", "1", "--tty-link", link,
-        "--tcp-port", "0", "--meter-port", "0", "--base-load", "1,2,3", "--control-port", "0"],
+        "--tcp-port", "0", "--meter-port", "0", "--base-load", "1,2,3", "--control-port", "0",
+        "--evse-meter-port", "0"],
         env=dict(os.environ))
     try:
         await wait_for(lambda: b"\n" in cli.out or cli.ended, timeout_s=15, what="the endpoints line")
@@ -218,6 +296,9 @@ async def test_cli_prints_its_endpoints_and_obeys_commands(tmp_path):
         assert isinstance(endpoints["meter"]["port"], int)
         assert endpoints["buses"]["bus1"]["tty"] == link and os.path.islink(link)
         assert set(endpoints["evses"]) == {"s1", "s2"}
+        meters = endpoints["evse_meters"]
+        assert set(meters) == {"s1", "s2"} and all(isinstance(m["port"], int) for m in meters.values())
+        assert len({m["port"] for m in meters.values()} | {endpoints["meter"]["port"]}) == 3
         # A script that pipes its commands and closes stdin still gets every answer.
         proc.write(b"base 5 5 5\nstatus\n")
         proc.closeStdin()
