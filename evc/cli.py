@@ -446,10 +446,57 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _phases(st: dict, key: str, spec: str) -> str | None:
+    """"20.0/19.9/20.1" from key/L1..L3 (the phases present), or None."""
+    values = [st[k] for k in sorted(st) if k.startswith(key + "/L")]
+    return "/".join(format(v, spec) if _is_num(v) else str(v) for v in values) or None
+
+
+def _charger_summary(st: dict) -> list[str]:
+    parts = []
+    vehicle = st.get("vehicle")
+    if vehicle is not None:
+        parts.append(str(vehicle) if st.get("online") is not False else f"offline (last: {vehicle})")
+    if st.get("mode") == "OFF":
+        parts.append("mode OFF")
+    if _is_num(st.get("setpoint_A")):
+        parts.append(f"setpoint {st['setpoint_A']:g} A")
+    drawing = _phases(st, "actual_A", ".1f")
+    if drawing:
+        parts.append(f"drawing {drawing} A")
+    if st.get("session/state") is not None:
+        energy = st.get("session/energy_Wh")
+        parts.append(f"session {st['session/state']}" + (f" {energy:.0f} Wh" if _is_num(energy) else ""))
+    if st.get("fault"):
+        parts.append(f"fault: {st['fault']}")
+    return parts
+
+
+def _control_summary(st: dict) -> list[str]:
+    parts = []
+    if st.get("mode") is not None:
+        parts.append(f"mode {st['mode']}")
+    headroom = _phases(st, "headroom", ".1f")
+    if headroom:
+        parts.append(f"headroom {headroom} A")
+    chargers = sorted({k.split("/")[1] for k in st if k.startswith("allocations/") and k.count("/") == 2})
+    for name in chargers:
+        amps, reason = st.get(f"allocations/{name}/A"), st.get(f"allocations/{name}/reason")
+        text = f"{name} {amps:g} A" if _is_num(amps) else name
+        parts.append(text + (f" ({reason})" if reason else ""))
+    return parts
+
+
 def live_summary(inst: InstanceStatus) -> str:
     """The few live values an operator looks at first: a meter's total power, current and voltage per phase and
-    error counters, a charger's setpoint; for other types their first few scalar state values."""
+    error counters; a charger's car, setpoint, measured draw and session; control's mode, headroom per phase and
+    each charger's allocation with its reason; for other types their first few scalar state values."""
     st = {k: v for k, v in inst.state.items() if k not in ("status", "error")}
+    special = {"charger": _charger_summary, "control": _control_summary}.get(inst.kind)
+    if special is not None:
+        parts = special(st)
+        if parts:
+            return ", ".join(parts)
     parts: list[str] = []
     shown: set[str] = set()
 

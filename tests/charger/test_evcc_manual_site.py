@@ -247,6 +247,8 @@ async def test_a_session_is_recorded_from_plug_through_charging_to_unplug(sites)
     assert ended["stop_time"] is not None
     await until(lambda: site.leaf("charger/s1/data/sessions/current") is None, "current removed")
     assert published[0] == "authorized" and "charging" in published and published[-1] == "ended"
+    await until(lambda: site.leaf("charger/s1/state/session/state") == "ended", "the session in state/")
+    assert site.leaf("charger/s1/state/session/id") == sid and site.leaf("charger/s1/state/session/energy_Wh") == "750"
     assert not charger.wants_current()
 
 
