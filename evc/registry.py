@@ -71,6 +71,7 @@ IMPLEMENTATIONS = (
     "evc.conn.rs485",
     "evc.charger.evcc_manual",
     "evc.control.builtin",
+    "evc.ocpp.front",
 )
 _loaded = False
 

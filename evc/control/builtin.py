@@ -24,8 +24,13 @@ small read of this instance's `type` key every interval_s (failing, or not answe
 any ("store",) event on the bus carrying "lost" or "ok" (a hook for the state writer); `set_store_lost()` is the
 same hook for code that holds the instance.
 
+Upstream caps: a front that limits chargers (front/ocpp turns the backend's charging profiles into amps) publishes
+("cap", charger) -> (source, current_A or None) on the bus and offers ICapSource.caps() for a control that starts
+after it. Control keeps the newest value per source and gives allocate() the lowest as ChargerInput.cap_A, so a cap
+only ever lowers what the site limit allows; a cap change recomputes at once. None removes that source's cap.
+
 State: mode (normal|failsafe|hold), headroom/L1..L3 and base/L1..L3 (A), allocations/<charger>/A and
-allocations/<charger>/reason (allocate's sentence).
+allocations/<charger>/reason (allocate's sentence), caps/<charger> (the lowest upstream cap, A) while one is set.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from zope.interface import Interface, implementer
 
 from evc.charger.base import ChargerStatus, ICharger
 from evc.control.allocation import (
@@ -50,6 +56,20 @@ log = Logger(namespace="evc.control")
 # The status fields that can change an allocation between two intervals; a change of the measured current alone
 # waits for the interval (chargers may report it on every poll).
 _STATUS_KEY = ("vehicle", "online", "limit_A", "fault")
+
+
+class ICapSource(Interface):
+    """A front that caps chargers (front/ocpp: the backend's charging profiles, ChangeAvailability)."""
+
+    def caps() -> dict:
+        """{charger name: current_A} for every charger it caps now (the same values as its ("cap", ...) events)."""
+
+
+class IAllocations(Interface):
+    """What a control decided, for fronts that report it upstream (GetCompositeSchedule)."""
+
+    def allocation_A(charger: str):
+        """The setpoint of the newest allocation for `charger` (A), or None when it does not drive it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +127,7 @@ class _Driven:
 
 
 @CONTROLS.register("builtin")
+@implementer(IAllocations)
 class BuiltinControl(Instance):
     """Distributes the site's current among its chargers (see the module docstring for when and how)."""
     Config = BuiltinConfig
@@ -135,6 +156,7 @@ class BuiltinControl(Instance):
         self._written_allocs: set[str] = set()
         self._mode = ""
         self._started_s: float | None = None
+        self._caps: dict[str, dict[str, float]] = {}    # charger -> {source: current_A}
 
     # -- service --
 
@@ -162,6 +184,11 @@ class BuiltinControl(Instance):
             self._unsubs.append(events.subscribe(("session",), self._on_session))
             self._unsubs.append(events.subscribe(("authorization",), self._on_session))
             self._unsubs.append(events.subscribe(("store",), self._on_store))
+            self._unsubs.append(events.subscribe(("cap",), self._on_cap))
+        for source, front in sorted(self.ctx.find("front").items()):
+            if ICapSource.providedBy(front):
+                for name, current_A in front.caps().items():
+                    self._set_cap(name, f"front/{source}", current_A)
         self._started_s = self.ctx.clock.seconds()
         self._arm_stale_timer(meter.reading)
         self._loop = task.LoopingCall(self._tick)
@@ -249,6 +276,52 @@ class BuiltinControl(Instance):
                 return
             self._remove(name)
         self.recompute(f"charger {name} {what}")
+
+    def _on_cap(self, topic: tuple, event) -> None:
+        if len(topic) < 2:
+            return
+        try:
+            source, current_A = event
+            current_A = None if current_A is None else float(current_A)
+        except (TypeError, ValueError):
+            log.warn("{control}: ignoring a malformed cap event {event!r} on {topic}", control=self.ctx.key,
+                     event=event, topic=topic)
+            return
+        name = topic[1]
+        if self._set_cap(name, str(source), current_A) and name in self.chargers:
+            cap = self.cap_A(name)
+            self.recompute(f"cap at {name}: {'none' if cap is None else f'{cap:g} A'} ({source})")
+
+    def _set_cap(self, name: str, source: str, current_A: float | None) -> bool:
+        """Record one source's cap for a charger; True when the lowest cap changed."""
+        before = self.cap_A(name)
+        caps = self._caps.setdefault(name, {})
+        if current_A is None:
+            caps.pop(source, None)
+        else:
+            caps[source] = max(0.0, current_A)
+        if not caps:
+            self._caps.pop(name, None)
+        after = self.cap_A(name)
+        if after != before:
+            if after is None:
+                self.ctx.state.delete(f"caps/{name}")
+            else:
+                self.ctx.state.set(f"caps/{name}", after)
+        return after != before
+
+    def cap_A(self, name: str) -> float | None:
+        """The lowest upstream cap on `name` (A), or None."""
+        caps = self._caps.get(name)
+        return min(caps.values()) if caps else None
+
+    def allocation_A(self, charger: str) -> int | None:
+        if self.last is None:
+            return None
+        for a in self.last.allocations:
+            if a.name == charger:
+                return a.setpoint_A
+        return None
 
     def _on_store(self, topic: tuple, event) -> None:
         if event in ("lost", "ok", True, False):
@@ -343,7 +416,8 @@ class BuiltinControl(Instance):
         stale = st.updated is not None and now - st.updated > self.config.stale_s
         try:
             return ChargerInput(name=name, wants=wants, priority=int(getattr(cfg, "priority", 0) or 0),
-                                phases=phases, phase_map=phase_map, A_max=a_max, setpoint_A=max(0, setpoint),
+                                phases=phases, phase_map=phase_map, A_max=a_max, cap_A=self.cap_A(name),
+                                setpoint_A=max(0, setpoint),
                                 draw_A=draw, stale=stale, lost=lost, switched_s=self._switched.get(name),
                                 idle_reason=_idle_reason(st))
         except ValueError as e:
