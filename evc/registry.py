@@ -71,6 +71,9 @@ IMPLEMENTATIONS = (
     "evc.conn.rs485",
     "evc.charger.evcc_manual",
     "evc.control.builtin",
+    "evc.ocpp.server",
+    "evc.charger.ocpp",
+    "evc.token",
     "evc.ocpp.front",
 )
 _loaded = False

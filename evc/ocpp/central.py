@@ -1,0 +1,404 @@
+"""One charge point's OCPP 1.6J websocket at the central system: frames in and out, robust to bad input.
+
+asyncio lives here (websockets, the `ocpp` library); the charger on the other side of `handler` is Twisted code and
+sees Deferreds only. What a connection does:
+
+- Reads every frame, checks its shape itself (the `ocpp` library would log and drop most malformed frames, or crash
+  its read loop on some) and answers every CALL it can: a CALLRESULT, or a CALLERROR naming what is wrong. A frame
+  it cannot answer (not JSON and no message id to be found, a CALLRESULT for a CALL that is not waiting) is logged and
+  dropped. Nothing a charge point sends closes the connection, except a frame above the websocket's hard limit
+  (`max_frame_bytes` x HARD_LIMIT_FACTOR), which websockets closes with 1009 to protect memory.
+- Incoming CALLs are handled one at a time in arrival order (OCPP-J: one CALL in flight per direction) by a task of
+  their own, so replies to EVC's own CALLs are read while a slow CALL (an upstream authorization) is handled.
+- Payloads are validated with the `ocpp` library's v16 JSON schemas, and schema errors are mapped to CALLERROR codes
+  as the library maps them (type -> TypeConstraintViolation, required -> ProtocolError, most others ->
+  FormatViolation). An action that OCPP 1.6 does not define -> NotImplemented; a 1.6 action that a charge point does
+  not send (or that EVC does not handle) -> NotSupported.
+- Outgoing CALLs go through the library's `call()` with its own `response_timeout` (= `call_timeout_s`); it is never
+  wrapped in a shorter timeout (replies would go out of step, DESIGN §8). Only the reply whose id the pending call
+  waits for is passed to it; anything else (a late reply after a timeout) is logged and dropped, so the next call
+  is not confused by it.
+- Keepalive: a websocket ping every `ping_interval_s`; no pong within `ping_timeout_s` drops the connection. Every
+  frame and pong tells the handler the charge point is alive (`ocpp_seen`).
+
+The handler (evc.charger.ocpp.OcppCharger) provides:
+    ocpp_call(action, payload) -> dict | Deferred[dict]   raise an ocpp.exceptions.OCPPError for a CALLERROR
+    ocpp_after(action, payload, result)                   after the CALLRESULT was sent (start follow-up CALLs here)
+    ocpp_seen(connection)                                 anything arrived
+    ocpp_disconnected(connection)                         the connection ended
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from typing import Any
+
+from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
+from ocpp.exceptions import (
+    FormatViolationError, GenericError, InternalError, NotImplementedError as OcppNotImplemented,
+    NotSupportedError, OCPPError, PropertyConstraintViolationError, UnknownCallErrorCodeError,
+)
+from ocpp.messages import Call, CallError, CallResult, validate_payload
+from ocpp.v16 import ChargePoint as _V16ChargePoint
+from ocpp.v16 import call as v16_call
+from ocpp.v16.enums import Action
+from twisted.internet import defer
+from twisted.logger import Logger
+from websockets.exceptions import ConnectionClosed
+
+from evc.ocpp.bridge import from_deferred, to_deferred
+
+log = Logger(namespace="evc.ocpp.central")
+
+OCPP_VERSION = "1.6"
+SUBPROTOCOL = "ocpp1.6"
+
+# OCPP 1.6 messages by direction (Core, FirmwareManagement, LocalAuthListManagement, SmartCharging, RemoteTrigger).
+CP_TO_CS = frozenset({
+    "Authorize", "BootNotification", "DataTransfer", "Heartbeat", "MeterValues", "StartTransaction",
+    "StatusNotification", "StopTransaction", "DiagnosticsStatusNotification", "FirmwareStatusNotification",
+})
+CS_TO_CP = frozenset({
+    "ChangeAvailability", "ChangeConfiguration", "ClearCache", "DataTransfer", "GetConfiguration",
+    "RemoteStartTransaction", "RemoteStopTransaction", "Reset", "UnlockConnector", "SetChargingProfile",
+    "ClearChargingProfile", "GetCompositeSchedule", "TriggerMessage", "SendLocalList", "GetLocalListVersion",
+    "GetDiagnostics", "UpdateFirmware", "ReserveNow", "CancelReservation",
+})
+V16_ACTIONS = frozenset(a.value for a in Action)
+
+# Frames above max_frame_bytes get a CALLERROR and the connection lives; above this multiple websockets closes it.
+HARD_LIMIT_FACTOR = 4
+# A charge point should wait for each reply (OCPP-J 4.1.1); one that floods CALLs gets GenericError beyond this.
+MAX_QUEUED_CALLS = 8
+MAX_ID_LENGTH = 36
+# The message id at the start of a frame, when the frame as a whole cannot be parsed (bad JSON, too large).
+_HEAD_ID = re.compile(r'^\s*\[\s*2\s*,\s*"((?:[^"\\]|\\.){1,36})"')
+# Received error codes, in every spelling the 1.6 text, its errata and the library use, mapped to the library's.
+_ERROR_SPELLINGS = {"FormationViolation": "FormatViolation",
+                    "OccurrenceConstraintViolation": "OccurenceConstraintViolation"}
+_KNOWN_ERROR_CODES = {cls.code for cls in OCPPError.__subclasses__()}
+
+# The library logs every frame at INFO (id tags included): EVC logs what it needs itself.
+_QUIET = logging.getLogger("evc.ocpp.library")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+_QUIET.setLevel(logging.CRITICAL + 1)
+
+
+class NotConnected(Exception):
+    """The charge point is not connected (or the connection ended while a CALL waited for its reply)."""
+
+
+class CallTimeout(Exception):
+    """No reply to a CALL within the library's response timeout (call_timeout_s)."""
+
+
+class OcppCallError(Exception):
+    """The charge point answered a CALL with a CALLERROR (or with a reply that breaks the schema)."""
+
+    def __init__(self, code: str, description: str = "", details: Any = None):
+        super().__init__(f"{code}: {description}" if description else code)
+        self.code = code
+        self.description = description
+        self.details = details or {}
+
+
+class _Library(_V16ChargePoint):
+    """The library's charge point object, used for its call(): lock, validation, response timeout."""
+
+    awaiting: str | None = None       # the id of the CALL whose reply call() waits for
+
+    async def _get_specific_response(self, unique_id, timeout):
+        self.awaiting = unique_id
+        try:
+            return await super()._get_specific_response(unique_id, timeout)
+        finally:
+            self.awaiting = None
+
+
+class CentralConnection:
+    """One accepted websocket of charge point `cp_id`; `run()` is the websockets handler's body."""
+
+    def __init__(self, ws, cp_id: str, handler, *, reactor=None, call_timeout_s: float = 30.0,
+                 max_frame_bytes: int = 65536, ping_interval_s: float | None = 5.0, ping_timeout_s: float = 10.0):
+        self.ws = ws
+        self.cp_id = cp_id
+        self.handler = handler
+        self.reactor = reactor
+        self.call_timeout_s = call_timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s
+        self.closed = False
+        self.close_reason = ""
+        self.frames_in = 0
+        self._lib = _Library(cp_id, ws, response_timeout=call_timeout_s, logger=_QUIET)
+        self._calls_in: asyncio.Queue = asyncio.Queue()
+        self._pending: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def peer(self) -> str:
+        try:
+            host, port = self.ws.remote_address[:2]
+            return f"{host}:{port}"
+        except Exception:
+            return "?"
+
+    # --- the connection's life ---
+
+    async def run(self) -> None:
+        """Serve the connection until it closes; then tell the handler."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._serve_calls())]
+        if self.ping_interval_s:
+            self._tasks.append(loop.create_task(self._keepalive()))
+        try:
+            async for raw in self.ws:
+                self.frames_in += 1
+                self._seen()
+                try:
+                    self._on_frame(raw)
+                except Exception:
+                    log.failure("{cp_id}: a frame could not be handled", cp_id=self.cp_id)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._ended()
+
+    def _ended(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        code, reason = self.ws.close_code, self.ws.close_reason
+        self.close_reason = self.close_reason or (f"{code} {reason}".strip() if code is not None else "lost")
+        for task in self._tasks:
+            task.cancel()
+        for task in list(self._pending):
+            task.cancel()
+        try:
+            self.handler.ocpp_disconnected(self)
+        except Exception:
+            log.failure("{cp_id}: disconnect handler failed", cp_id=self.cp_id)
+
+    def close(self, code: int = 1000, reason: str = "") -> defer.Deferred:
+        """Close the websocket (a newer connection of the same charge point, EVC stopping)."""
+        self.close_reason = self.close_reason or reason
+        return to_deferred(self.ws.close(code, reason), self.reactor)
+
+    def _seen(self) -> None:
+        try:
+            self.handler.ocpp_seen(self)
+        except Exception:
+            log.failure("{cp_id}: seen handler failed", cp_id=self.cp_id)
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.ping_interval_s)
+            try:
+                pong = await self.ws.ping()
+                # A websocket ping, not an OCPP CALL: its own deadline is the only one it has.
+                await asyncio.wait_for(pong, self.ping_timeout_s)
+            except asyncio.TimeoutError:
+                log.warn("{cp_id}: no pong within {timeout_s} s: dropping the connection", cp_id=self.cp_id,
+                         timeout_s=self.ping_timeout_s)
+                self.close_reason = f"no pong within {self.ping_timeout_s:g} s"
+                transport = getattr(self.ws, "transport", None)
+                if transport is not None:
+                    transport.abort()       # a dead peer would never finish a close handshake
+                return
+            except ConnectionClosed:
+                return
+            self._seen()
+
+    # --- frames in ---
+
+    def _on_frame(self, raw) -> None:
+        if isinstance(raw, (bytes, bytearray)):
+            try:
+                raw = bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                log.warn("{cp_id}: a binary frame that is not UTF-8 was dropped (OCPP-J frames are text)",
+                         cp_id=self.cp_id)
+                return
+        size = len(raw.encode("utf-8"))
+        if size > self.max_frame_bytes:
+            self._refuse_unparsed(raw, GenericError(
+                description=f"frame of {size} bytes is larger than the {self.max_frame_bytes} bytes accepted"))
+            return
+        try:
+            msg = json.loads(raw)
+        except ValueError as e:
+            self._refuse_unparsed(raw, FormatViolationError(description=f"not valid JSON: {e}"))
+            return
+        if not isinstance(msg, list) or not msg:
+            log.warn("{cp_id}: dropped a frame that is not a JSON array [type, id, ...]: {head}",
+                     cp_id=self.cp_id, head=raw[:80])
+            return
+        kind = msg[0]
+        uid = msg[1] if len(msg) > 1 and isinstance(msg[1], str) else None
+        if kind == 2 and not isinstance(kind, bool):
+            self._on_call(msg, uid)
+        elif kind in (3, 4) and not isinstance(kind, bool):
+            self._on_reply(msg, uid)
+        elif uid is not None:
+            self._reply_error(uid, PropertyConstraintViolationError(
+                description=f"MessageTypeId {kind!r} is not 2 (CALL), 3 (CALLRESULT) or 4 (CALLERROR)"))
+        else:
+            log.warn("{cp_id}: dropped a frame with MessageTypeId {kind!r} and no message id", cp_id=self.cp_id,
+                     kind=kind)
+
+    def _refuse_unparsed(self, raw: str, error: OCPPError) -> None:
+        m = _HEAD_ID.match(raw[:200])
+        if m is None:
+            log.warn("{cp_id}: dropped a frame that cannot be answered (no message id found): {why}",
+                     cp_id=self.cp_id, why=error.description)
+            return
+        try:
+            uid = json.loads(f'"{m.group(1)}"')
+        except ValueError:
+            uid = m.group(1)
+        self._reply_error(uid, error)
+
+    def _on_call(self, msg: list, uid: str | None) -> None:
+        if len(msg) != 4 or uid is None or not isinstance(msg[2], str) or not isinstance(msg[3], dict):
+            why = ("a CALL is [2, \"<id>\", \"<Action>\", {<payload>}]; got "
+                   f"{len(msg)} element(s) with types {[type(x).__name__ for x in msg[1:]]}")
+            if uid is None:
+                log.warn("{cp_id}: dropped a malformed CALL without a message id: {why}", cp_id=self.cp_id, why=why)
+                return
+            self._reply_error(uid, FormatViolationError(description=why))
+            return
+        if len(uid) > MAX_ID_LENGTH:
+            # The limit is the sender's to keep; answering with the id as given is the useful thing to do.
+            log.info("{cp_id}: message id longer than {n} characters", cp_id=self.cp_id, n=MAX_ID_LENGTH)
+        if self._calls_in.qsize() >= MAX_QUEUED_CALLS:
+            self._reply_error(uid, GenericError(
+                description=f"{MAX_QUEUED_CALLS} CALLs are waiting: send one CALL at a time (OCPP-J 4.1.1)"))
+            return
+        self._calls_in.put_nowait(Call(uid, msg[2], msg[3]))
+
+    def _on_reply(self, msg: list, uid: str | None) -> None:
+        kind = msg[0]
+        if kind == 3:
+            ok = len(msg) == 3 and uid is not None and isinstance(msg[2], dict)
+        else:
+            ok = len(msg) in (4, 5) and uid is not None and isinstance(msg[2], str) and isinstance(msg[3], str)
+        if not ok:
+            log.warn("{cp_id}: dropped a malformed {what} (a reply is never answered)", cp_id=self.cp_id,
+                     what="CALLRESULT" if kind == 3 else "CALLERROR")
+            return
+        if uid != self._lib.awaiting:
+            log.warn("{cp_id}: {what} for unknown message id {id} ignored (no CALL of EVC waits for it)",
+                     cp_id=self.cp_id, what="CALLRESULT" if kind == 3 else "CALLERROR", id=uid[:40])
+            return
+        if kind == 3:
+            self._lib._response_queue.put_nowait(CallResult(uid, msg[2]))
+            return
+        code = _ERROR_SPELLINGS.get(msg[2], msg[2])
+        description = msg[3]
+        if code not in _KNOWN_ERROR_CODES:
+            description = f"{msg[2]}: {description}"
+            code = "GenericError"
+        details = msg[4] if len(msg) == 5 and isinstance(msg[4], dict) else {}
+        self._lib._response_queue.put_nowait(CallError(uid, code, description, details))
+
+    # --- CALLs in ---
+
+    async def _serve_calls(self) -> None:
+        while True:
+            msg = await self._calls_in.get()
+            try:
+                await self._handle_call(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.failure("{cp_id}: handling {action} failed", cp_id=self.cp_id, action=msg.action)
+
+    async def _handle_call(self, msg: Call) -> None:
+        action = msg.action
+        try:
+            if action not in V16_ACTIONS:
+                raise OcppNotImplemented(description=f"{action!r} is not an OCPP 1.6 action")
+            if action not in CP_TO_CS:
+                raise NotSupportedError(description=f"{action} is not a message a central system accepts")
+            await validate_payload(msg, OCPP_VERSION)
+            result = await from_deferred(defer.maybeDeferred(self.handler.ocpp_call, action, msg.payload),
+                                         self.reactor)
+            response = msg.create_call_result(result)
+            try:
+                await validate_payload(response, OCPP_VERSION)
+            except OCPPError as e:
+                log.error("{cp_id}: EVC's own reply to {action} breaks the schema: {error}", cp_id=self.cp_id,
+                          action=action, error=e.description)
+                raise InternalError(description=f"the central system failed to answer {action}") from None
+        except asyncio.CancelledError:
+            raise
+        except OCPPError as e:
+            log.info("{cp_id}: {action} answered with CALLERROR {code}: {description}", cp_id=self.cp_id,
+                     action=action[:40], code=e.code, description=e.description)
+            await self._send(msg.create_call_error(e).to_json())
+            return
+        except Exception:
+            log.failure("{cp_id}: handling {action} failed", cp_id=self.cp_id, action=action)
+            await self._send(msg.create_call_error(InternalError(
+                description=f"the central system failed to handle {action}")).to_json())
+            return
+        await self._send(response.to_json())
+        try:
+            self.handler.ocpp_after(action, msg.payload, result)
+        except Exception:
+            log.failure("{cp_id}: follow-up of {action} failed", cp_id=self.cp_id, action=action)
+
+    def _reply_error(self, uid: str, error: OCPPError) -> None:
+        log.info("{cp_id}: CALLERROR {code} for message {id}: {description}", cp_id=self.cp_id, code=error.code,
+                 id=uid[:40], description=error.description)
+        frame = CallError(uid, error.code, error.description, error.details).to_json()
+        task = asyncio.get_running_loop().create_task(self._send(frame))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send(self, frame: str) -> None:
+        try:
+            await self.ws.send(frame)
+        except ConnectionClosed:
+            pass
+
+    # --- CALLs out ---
+
+    def call(self, action: str, payload: dict | None = None) -> defer.Deferred:
+        """Send a CALL (payload in OCPP's camelCase); Deferred[dict] with the CALLRESULT's payload. Fails with
+        OcppCallError (a CALLERROR), CallTimeout or NotConnected."""
+        if action not in CS_TO_CP:
+            return defer.fail(ValueError(f"{action} is not a message a central system sends"))
+        if self.closed:
+            return defer.fail(NotConnected(f"{self.cp_id} is not connected"))
+        task = asyncio.ensure_future(self._call(action, payload or {}), loop=_loop(self.reactor))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return to_deferred(task, self.reactor)
+
+    async def _call(self, action: str, payload: dict) -> dict:
+        request = getattr(v16_call, action)(**camel_to_snake_case(payload))
+        try:
+            result = await self._lib.call(request, suppress=False)
+        except asyncio.CancelledError:
+            if self.closed:
+                raise NotConnected(f"{self.cp_id}: the connection ended before the reply to {action}") from None
+            raise
+        except asyncio.TimeoutError:
+            raise CallTimeout(f"{self.cp_id}: no reply to {action} within {self.call_timeout_s:g} s") from None
+        except OCPPError as e:
+            raise OcppCallError(e.code, e.description, e.details) from None
+        except UnknownCallErrorCodeError as e:
+            raise OcppCallError("GenericError", str(e)) from None
+        except ConnectionClosed:
+            raise NotConnected(f"{self.cp_id}: the connection ended while sending {action}") from None
+        return snake_to_camel_case(remove_nones(serialize_as_dict(result)))
+
+
+def _loop(reactor):
+    from evc.ocpp.bridge import loop
+    return loop(reactor)

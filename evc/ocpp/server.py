@@ -1,0 +1,332 @@
+"""server/ocpp: EVC's OCPP 1.6J central system, the websocket endpoint networked chargers connect to.
+
+A charger connects to ws[s]://<host>:<port><path>/<cp_id> offering the subprotocol `ocpp1.6`. The handshake is
+refused (HTTP status, no websocket) when:
+- the path is not `<path>/<cp_id>` (404), or no charger/ocpp with that cp_id uses this server (404);
+- security profile 1 or 2 and the HTTP Basic credentials are missing (401), name another user than the cp_id or
+  do not match the charger's password (401);
+- the client offers no subprotocol or only others than `ocpp1.6` (websockets answers 400).
+Security profile 2 needs TLS (`tls_cert`, `tls_key`; TLS 1.2 or newer); TLS may also be used with profiles 0 and 1.
+
+Chargers register themselves (`register(cp_id, charger)` from their startService), so a charger added to the
+config is accepted at once and a removed one is refused. A charge point that connects again while its old
+connection is still open replaces it: the newest connection wins (the old one is closed).
+
+The server also allocates OCPP transaction ids for its chargers: one counter at `data/transaction_id`, advanced with
+an etcd transaction that compares the key's mod revision, so two EVC runs (or a restart) never hand out the same id.
+
+websockets runs on the reactor's own asyncio loop (evc.ocpp.bridge); startService and stopService return
+Deferreds. The socket is bound synchronously in startService, so a port in use is reported in state/error.
+
+State: `listening` (host:port), `tls`, `security_profile`, `connected` (the cp_ids connected now, a JSON list).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import http
+import socket
+import ssl
+from typing import Any, Callable
+from urllib.parse import unquote, urlsplit
+
+import websockets
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from evc.errors import ConfigError
+from evc.instance import Instance
+from evc.ocpp import cs_auth
+from evc.ocpp.bridge import loop as asyncio_loop, to_deferred
+from evc.ocpp.central import HARD_LIMIT_FACTOR, SUBPROTOCOL, CentralConnection
+from evc.registry import SERVERS
+from evc.store.interface import Compare, Put
+
+log = Logger(namespace="evc.ocpp.server")
+
+# How often a lost transaction-id race is retried before the StartTransaction fails (and the charger resends it).
+ALLOCATE_ATTEMPTS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class OcppServerConfig:
+    """schema/server/ocpp.json describes every field."""
+    listen: str
+    path: str = "/ocpp"
+    security_profile: int = 0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    ping_interval_s: float = 5.0
+    ping_timeout_s: float = 10.0
+    max_frame_bytes: int = 65536
+    call_timeout_s: float = 30.0
+    heartbeat_interval_s: int = 300
+
+    def __post_init__(self):
+        host_port(self.listen)
+        if not self.path.startswith("/") or self.path.endswith("/") and self.path != "/":
+            raise ConfigError(f"config/path: {self.path!r} must start with '/' and not end with one")
+        if self.security_profile not in (0, 1, 2):
+            raise ConfigError(f"config/security_profile: {self.security_profile} is not 0, 1 or 2 "
+                              "(profile 3, client certificates, is not supported)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise ConfigError(f"config/{missing}: give tls_cert and tls_key together")
+        if self.security_profile == 2 and self.tls_cert is None:
+            raise ConfigError("config/tls_cert: security profile 2 needs TLS (tls_cert and tls_key)")
+        if self.max_frame_bytes < 1024:
+            raise ConfigError(f"config/max_frame_bytes: {self.max_frame_bytes} is below 1024")
+        for name in ("ping_interval_s", "ping_timeout_s", "call_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config/{name}: must be more than 0")
+        if self.heartbeat_interval_s < 1:
+            raise ConfigError("config/heartbeat_interval_s: must be at least 1")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+def host_port(listen: str) -> tuple[str, int]:
+    """"host:port" or "[v6]:port" -> (host, port); ConfigError naming config/listen."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"config/listen: {listen!r} is not host:port (e.g. 0.0.0.0:9000)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
+
+
+@SERVERS.register("ocpp")
+class OcppServer(Instance):
+    """The central system endpoint; see the module docstring."""
+
+    Config = OcppServerConfig
+
+    def __init__(self, ctx, config: OcppServerConfig):
+        super().__init__(ctx, config)
+        self.chargers: dict[str, Any] = {}          # cp_id -> charger instance
+        self.connections: dict[str, CentralConnection] = {}
+        self.port: int | None = None
+        self.refused = 0                            # handshakes refused (tests, state)
+        self._sock: socket.socket | None = None
+        self._ws_server = None
+        self._serving: defer.Deferred | None = None
+        self._allocating = defer.DeferredLock()
+        self._counter_rev: int | None = None        # mod revision of data/transaction_id as last written by us
+        self._counter: int | None = None
+
+    # --- chargers ---
+
+    def register(self, cp_id: str, charger) -> Callable[[], None]:
+        """Route connections of `cp_id` to `charger` (a charger/ocpp instance); returns unregister()."""
+        other = self.chargers.get(cp_id)
+        if other is not None and other is not charger:
+            raise ConfigError(f"config/cp_id: {cp_id!r} is already used by {other.ctx.key} on server "
+                              f"{self.ctx.name}")
+        self.chargers[cp_id] = charger
+
+        def unregister() -> None:
+            if self.chargers.get(cp_id) is charger:
+                del self.chargers[cp_id]
+        return unregister
+
+    # --- service ---
+
+    def startService(self):
+        cfg = self.config
+        ssl_ctx = self._ssl_context() if cfg.tls else None
+        host, port = host_port(cfg.listen)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, _, _, _, addr = infos[0]
+            sock = socket.create_server(addr, family=family)
+        except OSError as e:
+            raise ConfigError(f"config/listen: cannot listen on {cfg.listen} ({e.strerror or e})") from None
+        sock.setblocking(False)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        super().startService()
+        where = f"{host}:{self.port}" if ":" not in host else f"[{host}]:{self.port}"
+        self.ctx.state.update({"listening": where, "tls": cfg.tls, "security_profile": cfg.security_profile,
+                               "connected": []})
+        self._serving = to_deferred(self._serve(sock, ssl_ctx), self.ctx.reactor)
+
+        def started(server):
+            self._ws_server = server
+            log.info("{server}: OCPP 1.6J central system on {scheme}://{where}{path}/<cp_id> (security profile "
+                     "{profile})", server=self.ctx.key, scheme="wss" if cfg.tls else "ws", where=where,
+                     path=cfg.path, profile=cfg.security_profile)
+            return None
+
+        def failed(f):
+            log.failure("{server}: the websocket server did not start", f, server=self.ctx.key)
+            self.ctx.state.set("listening", False)
+            return f
+        self._serving.addCallbacks(started, failed)
+        return self._serving
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except FileNotFoundError as e:
+            leaf = "tls_key" if e.filename == self.config.tls_key else "tls_cert"
+            raise ConfigError(f"config/{leaf}: {e.filename} does not exist") from None
+        except (ssl.SSLError, OSError) as e:
+            raise ConfigError(f"config/tls_cert: the certificate or key cannot be used ({e})") from None
+        return ctx
+
+    async def _serve(self, sock: socket.socket, ssl_ctx):
+        cfg = self.config
+        return await websockets.serve(
+            self._handler, sock=sock, ssl=ssl_ctx, subprotocols=[SUBPROTOCOL],
+            process_request=self._process_request,
+            # EVC runs its own keepalive (it marks the charger alive on every pong).
+            ping_interval=None, close_timeout=cfg.ping_timeout_s,
+            max_size=cfg.max_frame_bytes * HARD_LIMIT_FACTOR, server_header="EVC")
+
+    def stopService(self):
+        super().stopService()
+        if self._serving is not None and not self._serving.called:
+            self._serving.cancel()
+        server, self._ws_server = self._ws_server, None
+        if server is None:
+            if self._sock is not None:
+                self._sock.close()
+            return defer.succeed(None)
+
+        async def close():
+            server.close(close_connections=True)
+            await server.wait_closed()
+        d = to_deferred(close(), self.ctx.reactor)
+        d.addErrback(lambda f: log.failure("{server}: closing failed", f, server=self.ctx.key))
+        return d
+
+    # --- handshakes ---
+
+    async def _process_request(self, connection, request):
+        """Check the path, the charger and its credentials before the websocket handshake."""
+        cfg = self.config
+        path = urlsplit(request.path).path
+        prefix = cfg.path.rstrip("/") + "/"
+        peer = _peer(connection)
+        if not path.startswith(prefix) or "/" in path[len(prefix):] or len(path) == len(prefix):
+            return self._refuse(connection, http.HTTPStatus.NOT_FOUND, peer, None,
+                                f"not an OCPP endpoint: connect to {cfg.path}/<charge point id>")
+        cp_id = unquote(path[len(prefix):])
+        charger = self.chargers.get(cp_id)
+        if charger is None:
+            return self._refuse(connection, http.HTTPStatus.NOT_FOUND, peer, cp_id,
+                                "unknown charge point (no charger/ocpp with this cp_id on this server)")
+        if cfg.security_profile >= 1:
+            creds = cs_auth.parse_basic_auth(request.headers.get("Authorization"))
+            if creds is None:
+                return self._refuse(connection, http.HTTPStatus.UNAUTHORIZED, peer, cp_id,
+                                    "HTTP Basic credentials required (security profile "
+                                    f"{cfg.security_profile})", challenge=True)
+            user, password = creds
+            if user != cp_id:
+                return self._refuse(connection, http.HTTPStatus.UNAUTHORIZED, peer, cp_id,
+                                    "the Basic auth user name must be the charge point id", challenge=True)
+            stored_hash, plain = charger.credentials()
+            ok = await asyncio.get_running_loop().run_in_executor(
+                None, cs_auth.verify_password, password, stored_hash, plain)
+            if not ok:
+                return self._refuse(connection, http.HTTPStatus.UNAUTHORIZED, peer, cp_id, "wrong password",
+                                    challenge=True)
+        connection.username = cp_id
+        return None
+
+    def _refuse(self, connection, status, peer: str, cp_id: str | None, why: str, challenge: bool = False):
+        self.refused += 1
+        self.ctx.state.set("refused", self.refused)
+        log.warn("{server}: refused {who} from {peer}: {why}", server=self.ctx.key,
+                 who=f"charge point {cp_id!r}" if cp_id is not None else "a connection", peer=peer, why=why)
+        response = connection.respond(status, why + "\n")
+        if challenge:
+            response.headers["WWW-Authenticate"] = 'Basic realm="EVC OCPP", charset="UTF-8"'
+        return response
+
+    # --- connections ---
+
+    async def _handler(self, ws) -> None:
+        cp_id = ws.username
+        charger = self.chargers.get(cp_id)
+        if charger is None:      # removed between the handshake and now
+            await ws.close(1008, "unknown charge point")
+            return
+        cfg = self.config
+        conn = CentralConnection(ws, cp_id, charger, reactor=self.ctx.reactor, call_timeout_s=cfg.call_timeout_s,
+                                 max_frame_bytes=cfg.max_frame_bytes, ping_interval_s=cfg.ping_interval_s,
+                                 ping_timeout_s=cfg.ping_timeout_s)
+        old = self.connections.get(cp_id)
+        self.connections[cp_id] = conn
+        self._publish_connected()
+        log.info("{server}: {cp_id} connected from {peer}{replacing}", server=self.ctx.key, cp_id=cp_id,
+                 peer=conn.peer, replacing=" (replacing its older connection)" if old is not None else "")
+        try:
+            charger.ocpp_connected(conn)
+        except Exception:
+            log.failure("{server}: {cp_id}: the charger did not take the connection", server=self.ctx.key,
+                        cp_id=cp_id)
+            await ws.close(1011, "internal error")
+            return
+        if old is not None and not old.closed:
+            old.close(1000, "replaced by a newer connection of the same charge point")
+        try:
+            await conn.run()
+        finally:
+            if self.connections.get(cp_id) is conn:
+                del self.connections[cp_id]
+                self._publish_connected()
+            log.info("{server}: {cp_id} disconnected ({reason})", server=self.ctx.key, cp_id=cp_id,
+                     reason=conn.close_reason)
+
+    def _publish_connected(self) -> None:
+        if self.running:
+            self.ctx.state.set("connected", sorted(self.connections))
+
+    # --- transaction ids ---
+
+    def allocate_transaction_id(self) -> defer.Deferred:
+        """Deferred[int]: a transaction id never handed out before by this server (persisted in data/)."""
+        return self._allocating.run(lambda: defer.ensureDeferred(self._allocate()))
+
+    async def _allocate(self) -> int:
+        store = self.ctx.store
+        if store is None:
+            self._counter = (self._counter or 0) + 1     # tests without a store
+            return self._counter
+        key = self.ctx.data_key("transaction_id")
+        for _ in range(ALLOCATE_ATTEMPTS):
+            if self._counter is None or self._counter_rev is None:
+                result = await store.range(key)
+                if result.kvs:
+                    kv = result.kvs[0]
+                    self._counter = int(kv.value.decode().strip() or 0)
+                    self._counter_rev = kv.mod_revision
+                else:
+                    self._counter, self._counter_rev = 0, 0
+            guard = (Compare(key, "mod", "=", self._counter_rev) if self._counter_rev
+                     else Compare(key, "version", "=", 0))
+            nxt = self._counter + 1
+            txn = await store.txn([guard], [Put(key, str(nxt).encode())])
+            if txn.succeeded:
+                self._counter, self._counter_rev = nxt, txn.revision
+                self.ctx.state.set("transaction_id", nxt)
+                return nxt
+            self._counter = self._counter_rev = None    # someone else moved it: read again
+        raise RuntimeError(f"{self.ctx.key}: data/transaction_id kept changing; no transaction id allocated")
+
+
+def _peer(connection) -> str:
+    try:
+        host, port = connection.remote_address[:2]
+        return f"{host}:{port}"
+    except Exception:
+        return "?"
+
+
+__all__ = ["OcppServer", "OcppServerConfig", "host_port"]
