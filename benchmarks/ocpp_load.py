@@ -1,0 +1,329 @@
+"""OCPP central system under load: EVC's server/ocpp against a bare ocpp + websockets CS, 100 and 1,000 chargers.
+
+For each N, in the same run and on loopback only:
+- bare: benchmarks/ocpp_bare_cs.py, its own process;
+- evc:  `twistd -n evc` on a throwaway etcd (evc/etcdserver.py) with one server/ocpp and N charger/ocpp instances
+        (cp_id = the charger's name, meter_interval_s 0 and local_list false, so after the base profile the
+        connection carries the same Boot/Heartbeat/MeterValues traffic as the bare one).
+The load generator (benchmarks/ocpp_loadgen.py) runs as a separate process: it connects N chargers and boots them,
+holds them while this script reads the server's RSS, then sends Heartbeat/MeterValues at --rate CALLs/s for
+--rate-s seconds, then back to back for --saturate-s seconds.
+
+Table: time to connect all, connect p99, boot p99, round trips at the fixed rate (p50/p99), saturated throughput,
+server RSS per connection ((RSS held - RSS before) / N), connections still held at the end; then EVC/bare ratios.
+Targets: 1,000 chargers held; EVC throughput >= 0.7 x bare; p99 < 100 ms at 500 msgs/s.
+
+    .venv/bin/python benchmarks/ocpp_load.py [--counts 100,1000] [--sides bare,evc] [--rate 500]
+        [--rate-s 10] [--saturate-s 10] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from evc.etcdserver import EtcdServer, free_port  # noqa: E402
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+TXN_OPS = 100                     # etcd 3.4 allows 128 operations per transaction by default
+
+
+def raise_open_files_limit() -> int:
+    """Children inherit it: the servers and the load generator each hold N sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_kB(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until(cond, timeout_s: float, what: str, proc: subprocess.Popen | None = None, poll_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = cond()
+        if result:
+            return result
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the server exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout_s} s")
+        time.sleep(poll_s)
+
+
+# -- etcd over its JSON gateway (blocking; this script is not on a reactor) --------------------------------------
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def etcd_post(url: str, path: str, body: dict) -> dict:
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
+def etcd_put_many(url: str, kv: dict[str, str]) -> None:
+    items = list(kv.items())
+    for i in range(0, len(items), TXN_OPS):
+        ops = [{"requestPut": {"key": _b64(k), "value": _b64(v)}} for k, v in items[i:i + TXN_OPS]]
+        etcd_post(url, "/v3/kv/txn", {"success": ops})
+
+
+def etcd_keys(url: str, prefix: str) -> list[str]:
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    r = etcd_post(url, "/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(end), "keys_only": True})
+    return [base64.b64decode(kv["key"]).decode() for kv in r.get("kvs", [])]
+
+
+def etcd_get(url: str, key: str) -> str | None:
+    r = etcd_post(url, "/v3/kv/range", {"key": _b64(key)})
+    kvs = r.get("kvs")
+    return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+
+
+# -- the two servers -----------------------------------------------------------------------------------------
+
+class BareServer:
+    name = "bare"
+
+    def __init__(self, n: int, workdir: str):
+        self.n = n
+        self.log = open(os.path.join(workdir, f"bare-{n}.log"), "wb")
+
+    def start(self) -> str:
+        self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "ocpp_bare_cs.py"), "--port", "0"],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the bare CS did not start")
+        return f"ws://127.0.0.1:{json.loads(line)['port']}/ocpp"
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+        self.log.close()
+
+
+class EvcServer:
+    """`twistd -n evc` with one server/ocpp and N charger/ocpp instances in a fresh root of a shared etcd."""
+    name = "evc"
+
+    def __init__(self, n: int, workdir: str, etcd: EtcdServer, prefix: str, startup_timeout_s: float):
+        self.n, self.workdir, self.etcd, self.prefix = n, workdir, etcd, prefix
+        self.root = f"/bench/ocpp-{n}-{int(time.time() * 1000)}"
+        self.startup_timeout_s = startup_timeout_s
+        self.log_path = os.path.join(workdir, f"evc-{n}.log")
+
+    def start(self) -> str:
+        port = free_port()
+        kv = {f"{self.root}/server/cs/type": "ocpp", f"{self.root}/server/cs/config/listen": f"127.0.0.1:{port}"}
+        for i in range(1, self.n + 1):
+            base = f"{self.root}/charger/{self.prefix}{i:04d}"
+            kv.update({f"{base}/type": "ocpp", f"{base}/config/server": "cs", f"{base}/config/A_max": "32",
+                       f"{base}/config/meter_interval_s": "0", f"{base}/config/local_list": "false"})
+        etcd_put_many(self.etcd.url, kv)
+        self.log = open(self.log_path, "wb")
+        env = {k: v for k, v in os.environ.items() if k not in ("EVC_ROOT", "EVC_ETCD_URL")}
+        self.proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "evc", "--etcd", self.etcd.url, "--root", self.root],
+                                     cwd=self.workdir, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        listening_key = f"{self.root}/server/cs/state/listening"
+        wait_until(lambda: etcd_get(self.etcd.url, listening_key), self.startup_timeout_s,
+                   f"EVC's server/ocpp listening (see {self.log_path})", self.proc)
+
+        def chargers_up():
+            keys = etcd_keys(self.etcd.url, f"{self.root}/charger/")
+            return sum(1 for k in keys if k.endswith("/state/connection")) >= self.n
+        wait_until(chargers_up, self.startup_timeout_s, f"{self.n} charger/ocpp instances started", self.proc, 0.5)
+        return f"ws://127.0.0.1:{port}/ocpp"
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+        self.log.close()
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- one measurement ------------------------------------------------------------------------------------------
+
+def measure(server, n: int, args) -> dict:
+    url = server.start()
+    try:
+        pid = server.proc.pid
+        time.sleep(0.5)            # let start-up allocations settle before the "before" RSS (not a result wait)
+        rss_before = rss_kB(pid)
+        gen = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "ocpp_loadgen.py"), "--url", url, "--count", str(n),
+             "--prefix", args.prefix, "--rate", str(args.rate), "--rate-s", str(args.rate_s),
+             "--saturate-s", str(args.saturate_s), "--pause"],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        event = json.loads(gen.stdout.readline() or "{}")
+        if event.get("event") != "connected":
+            gen.kill()
+            raise RuntimeError(f"the load generator failed before connecting (exit {gen.wait()})")
+        rss_held = rss_kB(pid)
+        cpu_before = cpu_s(pid)
+        gen.stdin.write("go\n")
+        gen.stdin.flush()
+        out, _ = gen.communicate(timeout=args.rate_s + args.saturate_s + 120)
+        result = json.loads(out.strip().splitlines()[-1])
+        result["cpu_s"] = round(cpu_s(pid) - cpu_before, 2)
+        result["rss_before_kB"] = rss_before
+        result["rss_held_kB"] = rss_held
+        result["rss_per_conn_kB"] = round((rss_held - rss_before) / max(1, event["connected"]), 1)
+        result["server_alive"] = server.proc.poll() is None
+        return result
+    finally:
+        server.stop()
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+
+COLUMNS = [
+    ("held", "held", lambda r: f"{r['held']}/{r['count']}"),
+    ("connect all s", "connect_all_s", lambda r: f"{r['connect_all_s']:.2f}"),
+    ("connect p99 ms", None, lambda r: _fmt(r["connect_ms"]["p99"])),
+    ("boot p99 ms", None, lambda r: _fmt(r["boot_ms"]["p99"])),
+    ("rate msgs/s", None, lambda r: _fmt(r.get("rate", {}).get("msgs_per_s"))),
+    ("rate p50 ms", None, lambda r: _fmt(r.get("rate", {}).get("rtt_ms", {}).get("p50"))),
+    ("rate p99 ms", None, lambda r: _fmt(r.get("rate", {}).get("rtt_ms", {}).get("p99"))),
+    ("sat msgs/s", None, lambda r: _fmt(r.get("saturate", {}).get("msgs_per_s"))),
+    ("sat p99 ms", None, lambda r: _fmt(r.get("saturate", {}).get("rtt_ms", {}).get("p99"))),
+    ("RSS/conn kB", None, lambda r: _fmt(r["rss_per_conn_kB"])),
+    ("errors", None, lambda r: str(r["failure_count"] + r.get("rate", {}).get("errors", 0)
+                                   + r.get("saturate", {}).get("errors", 0))),
+]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def print_table(results: dict, counts: list[int], sides: list[str], args) -> None:
+    header = ["N", "CS"] + [c[0] for c in COLUMNS]
+    rows = []
+    for n in counts:
+        for side in sides:
+            r = results.get((n, side))
+            if r is None:
+                continue
+            if "error" in r:
+                rows.append([str(n), side, f"not measured: {r['error']}"])
+            else:
+                rows.append([str(n), side] + [c[2](r) for c in COLUMNS])
+    widths = [max(len(h), *(len(row[i]) for row in rows if i < len(row) and len(row) > 3)) if rows else len(h)
+              for i, h in enumerate(header)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        if len(row) == 3:
+            print("  ".join([row[0].rjust(widths[0]), row[1].rjust(widths[1]), row[2]]))
+        else:
+            print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    print()
+    for n in counts:
+        evc, bare = results.get((n, "evc")), results.get((n, "bare"))
+        if not evc or not bare or "error" in evc or "error" in bare:
+            continue
+        sat = _ratio(evc.get("saturate", {}).get("msgs_per_s"), bare.get("saturate", {}).get("msgs_per_s"))
+        p99 = _ratio(evc.get("rate", {}).get("rtt_ms", {}).get("p99"), bare.get("rate", {}).get("rtt_ms", {}).get("p99"))
+        rss = _ratio(evc["rss_per_conn_kB"], bare["rss_per_conn_kB"])
+        con = _ratio(evc["connect_all_s"], bare["connect_all_s"])
+        print(f"N={n}: EVC/bare  throughput {sat}  (target >= 0.70)   p99 at {args.rate:.0f}/s {p99}   "
+              f"RSS/conn {rss}   connect-all time {con}")
+    for n in counts:
+        evc = results.get((n, "evc"))
+        if evc and "error" not in evc:
+            p99 = evc.get("rate", {}).get("rtt_ms", {}).get("p99")
+            verdict = "ok" if p99 is not None and p99 < 100 else "MISSED"
+            print(f"N={n}: EVC p99 at {args.rate:.0f} msgs/s = {_fmt(p99)} ms (target < 100 ms: {verdict}); "
+                  f"held {evc['held']}/{n}")
+
+
+def _ratio(a, b) -> str:
+    if a is None or b in (None, 0):
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", default="100,1000", help="charger counts, comma-separated")
+    parser.add_argument("--sides", default="bare,evc", help="which central systems: bare, evc")
+    parser.add_argument("--rate", type=float, default=500.0, help="CALLs/s of the fixed-rate phase")
+    parser.add_argument("--rate-s", type=float, default=10.0)
+    parser.add_argument("--saturate-s", type=float, default=10.0)
+    parser.add_argument("--prefix", default="lg")
+    parser.add_argument("--startup-timeout-s", type=float, default=180.0, help="EVC start-up with N chargers")
+    parser.add_argument("--json", help="also write the raw results here")
+    args = parser.parse_args()
+    counts = [int(x) for x in args.counts.split(",") if x]
+    sides = [s for s in args.sides.split(",") if s]
+    if set(sides) - {"bare", "evc"}:
+        parser.error("--sides takes bare and/or evc")
+    limit = raise_open_files_limit()
+    if max(counts) * 2 + 100 > limit:
+        parser.error(f"{max(counts)} chargers need more open files than the limit {limit}")
+
+    workdir = tempfile.mkdtemp(prefix="evc-ocpp-bench-")
+    etcd = EtcdServer().start() if "evc" in sides else None
+    results: dict = {}
+    try:
+        for n in counts:
+            for side in sides:
+                print(f"... {side} CS, {n} chargers", file=sys.stderr, flush=True)
+                server = BareServer(n, workdir) if side == "bare" else EvcServer(
+                    n, workdir, etcd, args.prefix, args.startup_timeout_s)
+                try:
+                    results[(n, side)] = measure(server, n, args)
+                except (RuntimeError, TimeoutError, OSError, ValueError) as e:
+                    results[(n, side)] = {"error": str(e)}
+                    print(f"    {side} with {n} chargers not measured: {e}", file=sys.stderr, flush=True)
+    finally:
+        if etcd is not None:
+            etcd.cleanup()
+    print(f"OCPP central system, loopback, {os.cpu_count()} CPUs; load generator in its own process; "
+          f"fixed rate {args.rate:.0f} CALLs/s for {args.rate_s:.0f} s, then saturated for {args.saturate_s:.0f} s")
+    print_table(results, counts, sides, args)
+    print(f"(logs in {workdir})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({f"{side}-{n}": r for (n, side), r in results.items()}, f, indent=1)
+    return 0 if all("error" not in r for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
