@@ -132,6 +132,7 @@ class BridgedCharger:
         self._cap_call = None
         self._sample_call = None
         self._unsubs: list = []
+        self._unsubs_events: list = []
         self._remote: Optional[tuple] = None
         self._trigger: Optional[str] = None
         self._reset: Optional[str] = None
@@ -229,7 +230,6 @@ class BridgedCharger:
         self.inoperative = bool(avail.kvs) and avail.kvs[0].value.decode().strip('"') == "Inoperative"
         self._started = True
         self.link.heartbeat_s = self.keys["HeartbeatInterval"] or self.cfg.heartbeat_s
-        self._unsubs_events = []
         if self.ctx.events is not None:
             self._unsubs_events.append(self.ctx.events.subscribe(("session", self.name), self._on_session))
         self._reconcile()
@@ -246,8 +246,9 @@ class BridgedCharger:
             if call is not None and call.active():
                 call.cancel()
             setattr(self, name, None)
-        for unsub in getattr(self, "_unsubs_events", []):
+        for unsub in self._unsubs_events:
             unsub()
+        self._unsubs_events = []
         self.detach()
         return defer.DeferredList([self.link.stop(), self.outbox.stop()]).addCallback(lambda _: None)
 
@@ -327,7 +328,6 @@ class BridgedCharger:
             if rec is not None and not rec.get("stop_queued"):
                 self._queue_stop(s)
             self._transaction_ended()
-        self._reconciled = self._reconciled or (self.tracker is not None and self.tracker.loaded)
         self._update_cap()
         self._status_changed()
 
@@ -506,7 +506,8 @@ class BridgedCharger:
             if rec is not None:
                 rec["transaction_id"] = tx
                 also.append(self._record_put(entry.session))
-            self._state("transaction_id", tx)
+            if self.session is not None and self.session.id == entry.session:
+                self._state("transaction_id", tx)
             log.info("{charger}: StartTransaction accepted: session {id} is transaction {tx} ({status})",
                      charger=self.label, id=entry.session, tx=tx, status=status)
             if status != "Accepted" and self.session is not None and self.session.id == entry.session:
@@ -685,6 +686,7 @@ class BridgedCharger:
         self.outbox.write([Put(self.ctx.data_key(f"profiles/{self.name}"), json.dumps(doc).encode())])
 
     def _transaction_ended(self) -> None:
+        self._state("transaction_id", None)
         before = len(self.profiles)
         self.profiles = [p for p in self.profiles if p.purpose != "TxProfile"]
         if len(self.profiles) != before:
