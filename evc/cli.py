@@ -552,6 +552,37 @@ async def cmd_status(args, reactor, out: TextIO, err: TextIO, catalog: Catalog |
     return EXIT_ERRORS if any(i.status == "error" for i in instances) else EXIT_OK
 
 
+def cmd_passwd(args, out: TextIO, err: TextIO, stdin: TextIO | None = None) -> int:
+    """`evc passwd`: the salted hash of a charge point password (read from the terminal twice, or one line of
+    stdin), or a new random password with its hash (--generate). The password is never written anywhere else."""
+    import getpass
+    import secrets
+
+    from evc.ocpp.cs_auth import DEFAULT_ITERATIONS, hash_password
+    iterations = args.iterations if args.iterations is not None else DEFAULT_ITERATIONS
+    if iterations < 1:
+        raise Problem("--iterations: must be at least 1")
+    stdin = stdin or sys.stdin
+    if args.generate:
+        password = secrets.token_hex(20)
+        out.write(f"password: {password}\n")
+        out.write("(set it on the charge point as its AuthorizationKey / basic auth password)\n")
+        out.write(f"password_hash: {hash_password(password, iterations)}\n")
+        return EXIT_OK
+    if stdin.isatty():
+        password = getpass.getpass("charge point password: ", stream=err)
+        if getpass.getpass("again: ", stream=err) != password:
+            raise Problem("the two passwords differ; nothing was hashed")
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise Problem("empty password; nothing was hashed")
+    if len(password.encode("utf-8")) < 16:
+        print("warning: OCPP asks for passwords (AuthorizationKey) of 16 to 40 bytes", file=err)
+    out.write(hash_password(password, iterations) + "\n")
+    return EXIT_OK
+
+
 def cmd_types(args, out: TextIO, err: TextIO, catalog: Catalog | None = None) -> int:
     out.write(types_markdown(catalog) if args.markdown else types_text(catalog))
     return EXIT_OK
@@ -717,6 +748,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ty = sub.add_parser("types", help="the types this EVC knows and their settings (offline)")
     ty.add_argument("--markdown", action="store_true", help="as docs/types.md")
+
+    pw = sub.add_parser("passwd", help="hash an OCPP charge point password for charger/<name>/config/password_hash "
+                                       "(offline)")
+    pw.add_argument("--generate", action="store_true",
+                    help="make a random 40-hex-digit password (an OCPP AuthorizationKey) and print it with its hash")
+    pw.add_argument("--iterations", type=int, default=None, help="PBKDF2 iterations (default 200000)")
     return p
 
 
@@ -747,6 +784,8 @@ def _parse(argv, err: TextIO):
 def _offline(args, out, err, catalog) -> int | None:
     if args.command == "types":
         return cmd_types(args, out, err, catalog)
+    if args.command == "passwd":
+        return cmd_passwd(args, out, err)
     if args.command == "config" and args.action == "validate":
         return cmd_validate(args, out, err, catalog)
     return None

@@ -210,7 +210,7 @@ class OcppCharger(Instance):
         # transactions
         self.tx: dict | None = None                  # the newest transaction (open or stopped), as in data/transaction
         self._starts: OrderedDict[tuple, dict] = OrderedDict()   # idempotency: key -> StartTransaction answer
-        self._starting: dict[tuple, defer.Deferred] = {}
+        self._starting: dict[tuple, list[defer.Deferred]] = {}   # key -> waiters for the first one's answer
         self._loaded: defer.Deferred = defer.Deferred()
         # smart charging
         self.smart = "pending"                       # pending | ok | rejected
@@ -223,6 +223,8 @@ class OcppCharger(Instance):
         self._dyn_sent_s = -math.inf
         self._dyn_until_s = -math.inf
         self._inflight_A: float | None = None
+        self._inflight_sent_s = 0.0
+        self._uncertain: tuple[float, float] | None = None   # (A, until_s): sent on a lost connection, may hold
         self._push_token: object | None = None
         self._retry_s = self.retry_min_s
         self._waiters: list[defer.Deferred] = []
@@ -389,8 +391,7 @@ class OcppCharger(Instance):
         self.conn = conn
         self._connected_s = self._seen_s = now
         self._ready = False
-        self._push_token = None
-        self._inflight_A = None
+        self._forget_push()
         self._need_base = True
         self._dyn_sent_s = -math.inf           # the charge point may have lost it: send again
         self._retry_s = self.retry_min_s
@@ -407,8 +408,7 @@ class OcppCharger(Instance):
             return          # an older connection that a newer one replaced
         self.conn = None
         self._ready = False
-        self._push_token = None
-        self._inflight_A = None
+        self._forget_push()
         for name in ("boot_wait", "retry", "refresh"):
             self._cancel(name)
         if not self.running:
@@ -436,6 +436,7 @@ class OcppCharger(Instance):
             # The charge point (re)booted: profiles it kept in RAM are gone, its smart charging may have changed.
             self._base_ok = False
             self._dyn_A = None
+            self._uncertain = None
             self._need_base = True
             self._smart_pending()
             self._ll_full_needed = True
@@ -555,6 +556,16 @@ class OcppCharger(Instance):
             return
         self._push(conn, "dynamic", target)
 
+    def _forget_push(self) -> None:
+        """The push in flight (if any) will never be answered: it may still have landed, so it keeps counting
+        until it would have run out or a newer dynamic profile is accepted."""
+        if self._inflight_A is not None:
+            until_s = self._inflight_sent_s + self.config.profile_validity_s + CLOCK_SKEW_S
+            if self._uncertain is None or self._uncertain[0] <= self._inflight_A:
+                self._uncertain = (self._inflight_A, until_s)
+        self._push_token = None
+        self._inflight_A = None
+
     def _push(self, conn, which: str, amps: float) -> None:
         token = self._push_token = object()
         sent_s = self.ctx.clock.seconds()
@@ -563,6 +574,7 @@ class OcppCharger(Instance):
         else:
             profile = self._profile(DYNAMIC_PROFILE_ID, DYNAMIC_STACK_LEVEL, amps, self.config.profile_validity_s)
             self._inflight_A = amps
+            self._inflight_sent_s = sent_s
             self.ctx.state.set("wanted_A", amps)
         self._refresh_status()
         d = conn.call("SetChargingProfile", {"connectorId": self.config.connector, "csChargingProfiles": profile})
@@ -591,6 +603,7 @@ class OcppCharger(Instance):
             if amps != self._dyn_A:
                 log.info("{charger}: limited to {current_A} A", charger=self.ctx.key, current_A=amps)
             self._dyn_A = amps
+            self._uncertain = None         # it replaced whatever an unanswered push may have left
             self._dyn_sent_s = sent_s
             self._dyn_until_s = sent_s + self.config.profile_validity_s
             self.ctx.state.set("limit_A", amps)
@@ -660,6 +673,8 @@ class OcppCharger(Instance):
             value = dyn if dyn is not None else base
         if self._inflight_A is not None:
             value = max(value, self._inflight_A)
+        if self._uncertain is not None and self.ctx.clock.seconds() < self._uncertain[1]:
+            value = max(value, self._uncertain[0])
         return min(value, a_max)
 
     # --- CALLs from the charge point ---
@@ -721,20 +736,21 @@ class OcppCharger(Instance):
                      id=self._starts[key]["transactionId"])
             return self._starts[key]
         if key in self._starting:      # the same message again while the first is still being answered
-            return await self._await_start(key)
-        d = defer.ensureDeferred(self._start_transaction(p, key))
-        self._starting[key] = d
+            waiter: defer.Deferred = defer.Deferred()
+            self._starting[key].append(waiter)
+            return await waiter
+        self._starting[key] = waiters = []
         try:
-            return await d
+            answer = await self._start_transaction(p, key)
+        except Exception as e:
+            for w in waiters:
+                w.errback(Failure(e))
+            raise
         finally:
             self._starting.pop(key, None)
-
-    async def _await_start(self, key: tuple) -> dict:
-        # Wait for the first StartTransaction with this key; its answer (or its failure) is this one's too.
-        first = self._starting[key]
-        relay = defer.Deferred()
-        first.addBoth(lambda r: (relay.errback(r) if isinstance(r, Failure) else relay.callback(r), r)[1])
-        return await relay
+        for w in waiters:
+            w.callback(answer)
+        return answer
 
     async def _start_transaction(self, p: dict, key: tuple) -> dict:
         result = await authorize(self.ctx, p["idTag"], self.ctx.name)
@@ -779,9 +795,9 @@ class OcppCharger(Instance):
             self._meter_values(p["transactionData"])
         self._energy_Wh = float(p["meterStop"])
         reason = p.get("reason") or "Local"
+        self._feed_sessions()          # the final meter value, while the transaction still says a car is there
         self.tx = dict(tx, open=False, meter_stop_Wh=p["meterStop"], stop_timestamp=p.get("timestamp"),
                        reason=reason)
-        self._feed_sessions()
         self.sessions.end(reason if reason in REASONS else "Other")
         if self.ctx.events is not None:
             self.ctx.events.publish(("authorization", self.ctx.name), {"authorized": False, "id_tag": None})
