@@ -719,7 +719,8 @@ class BridgedCharger:
     # -- commands from the backend: each returns the ocpp call_result --
 
     def _on_RemoteStartTransaction(self, r, id_tag, connector_id=None, charging_profile=None, **_):
-        if connector_id not in (None, 1):
+        if not self.link.accepted or connector_id not in (None, 1):
+            # OCPP 1.6 §4.2: while the boot is Pending the backend may not start transactions.
             return r.RemoteStartTransaction(status="Rejected")
         st = self.status
         if (st is None or not st.online or st.vehicle == "fault" or self.inoperative
@@ -741,6 +742,8 @@ class BridgedCharger:
         return r.RemoteStartTransaction(status="Accepted")
 
     def _on_RemoteStopTransaction(self, r, transaction_id, **_):
+        if not self.link.accepted:
+            return r.RemoteStopTransaction(status="Rejected")
         rec = self._open_transaction()
         s = self.session
         if rec is None or s is None or rec.get("transaction_id") != transaction_id:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from twisted.internet import defer
@@ -57,7 +58,8 @@ class Upstream:
     def url(self) -> str:
         return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}/ocpp"
 
-    async def start(self, **behave):
+    def spawn(self, **behave):
+        """Start the process; returns the record length before it (wait for "listening" after it)."""
         self.runs += 1
         args = [sys.executable, UPSTREAM, "--port", str(self.port), "--record", str(self.record_path),
                 "--behave", json.dumps({**self.behave, **behave}), "--tx-base", str(self.runs * 1000)]
@@ -67,10 +69,26 @@ class Upstream:
             args += ["--password", self.password]
         before = len(self.lines())
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        await wait_for(lambda: any(r.get("kind") == "listening" for r in self.lines()[before:]) or
-                       self.proc.poll() is not None, 15, "the upstream backend listening")
+        return before
+
+    def _up(self, before) -> bool:
         if self.proc.poll() is not None:
             raise RuntimeError(f"upstream exited: {self.proc.stderr.read().decode()[-2000:]}")
+        return any(r.get("kind") == "listening" for r in self.lines()[before:])
+
+    async def start(self, **behave):
+        before = self.spawn(**behave)
+        await wait_for(lambda: self._up(before), 15, "the upstream backend listening")
+        return self
+
+    def start_blocking(self, timeout_s=15.0, **behave):
+        """For fixtures outside the reactor: poll (with a deadline) until it listens."""
+        before = self.spawn(**behave)
+        deadline = time.monotonic() + timeout_s
+        while not self._up(before):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the upstream backend did not start")
+            time.sleep(0.02)
         return self
 
     def kill(self):
@@ -120,13 +138,13 @@ class FakeChargerConfig:
 class FakeCharger:
     """A charger whose car the test moves by hand, with a real SessionTracker (sessions in the store, events)."""
 
-    def __init__(self, ctx, can_authorize=True):
+    def __init__(self, ctx, can_authorize=True, meter_Wh=1000.0):
         self.ctx = ctx
         self.config = FakeChargerConfig()
         self.status = ChargerStatus(vehicle="none", online=True, actual_A=(0.0, 0.0, 0.0),
                                     updated=ctx.clock.seconds())
         self.sessions = SessionTracker(ctx, retry_s=0.1)
-        self.meter_Wh = 1000.0
+        self.meter_Wh = meter_Wh
         self.tag = None
         self._subs = []
         if can_authorize:
