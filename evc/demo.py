@@ -1,12 +1,18 @@
-"""`make demo`: a whole simulated site (throwaway etcd, simulators, the seed's config) under `twistd -n evc`.
+"""`make demo`: the seed's site charging a simulated car under `twistd -n evc`, with a scenario printed as it happens.
+
+What runs: a throwaway etcd (unless EVC_ETCD_URL is set), the site simulator of examples/sim/seed-site.yaml (s1's
+EVSE on an RS485 tunnel with a car plugged in, s1's own SDM630 = meter/m1, the grid SDM630 = meter/grid), the
+seed's configuration (examples/seed-site.yaml) and `twistd -n evc`. Then the scenario: switch s1 on live through
+etcd; the car charges; the base load rises (control lowers s1); it falls again (control raises s1). The site keeps
+running until Ctrl-C.
 
 Every child runs in a process group of its own; whatever ends the demo (Ctrl-C, SIGTERM, twistd exiting, an error)
-stops twistd, the simulators and the throwaway etcd, and leaves nothing running.
+stops twistd, the simulator and the throwaway etcd, and leaves nothing running.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import base64
 import json
 import os
 import shutil
@@ -15,16 +21,21 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-from evc.etcdserver import EtcdServer
+from evc.etcdserver import EtcdServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "seed-site.yaml"
+SIM_CONFIG = REPO / "examples" / "sim" / "seed-site.yaml"
 DEMO_ETCD_PORT = 23790
-SDM_PORT = 15020          # examples/seed-site.yaml: meter/m1 config/bus
-RS485_TCP_PORT = 15485    # examples/seed-site.yaml: conn/s123 config/remote
-BASE_LOAD_A = "4,2.5,3"   # what the simulated grid meter reads while no car charges
+# The endpoints both files name (examples/seed-site.yaml and examples/sim/seed-site.yaml).
+PORTS = {15020: "meter/m1's bus", 15021: "meter/grid's bus", 15485: "conn/s123's remote"}
+# The scenario's base loads (A on L1, L2, L3): the sim config's, then a rise that leaves s1 about 11 A of the
+# 25 A per phase that control/master may use.
+BASE_LOAD_A = (4, 2.5, 3)
+RAISED_BASE_LOAD_A = (14, 12, 13)
 
 
 class Stop(Exception):
@@ -69,24 +80,121 @@ def venv_tool(name: str) -> str:
     return found
 
 
+def _phases(values) -> str:
+    return "/".join(f"{v:g}" for v in values)
+
+
+# -- etcd, from this blocking script --
+# The demo is a launcher, not part of EVC: a few blocking calls to etcd's JSON gateway are all it needs, where
+# EVC's own store client would need a running reactor.
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def etcd_call(url: str, path: str, body: dict, timeout: float = 5.0) -> dict:
+    req = urllib.request.Request(f"{url}/v3/{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.load(r)
+
+
+def etcd_put(url: str, key: str, value: str) -> None:
+    etcd_call(url, "kv/put", {"key": _b64(key), "value": _b64(value)})
+
+
+def etcd_tree(url: str, root: str) -> dict[str, str]:
+    """Every key under `root`, relative to it, with its text."""
+    prefix = (root + "/").encode()
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    doc = etcd_call(url, "kv/range", {"key": _b64(root + "/"), "range_end": base64.b64encode(end).decode()})
+    return {base64.b64decode(kv["key"]).decode()[len(root) + 1:]: base64.b64decode(kv.get("value", "")).decode()
+            for kv in doc.get("kvs", [])}
+
+
+def _num(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+class View:
+    """The few leaves the scenario is about, from one read of the tree."""
+
+    def __init__(self, kv: dict[str, str]):
+        self.kv = kv
+
+    def __getitem__(self, key: str) -> str | None:
+        return self.kv.get(key)
+
+    def phases(self, key: str) -> tuple[float | None, ...]:
+        return tuple(_num(self.kv.get(f"{key}/L{i}")) for i in (1, 2, 3))
+
+    @property
+    def meters_live(self) -> bool:
+        return all(self.kv.get(f"meter/{m}/state/status") == "running" and self.kv.get(f"meter/{m}/state/stale")
+                   == "false" for m in ("m1", "grid"))
+
+    @property
+    def setpoint_A(self) -> float | None:
+        return _num(self.kv.get("charger/s1/state/setpoint_A"))
+
+    @property
+    def allocated_A(self) -> float | None:
+        return _num(self.kv.get("control/master/state/allocations/s1/A"))
+
+    @property
+    def drawing_A(self) -> float:
+        return max((a for a in self.phases("charger/s1/state/actual_A") if a is not None), default=0.0)
+
+    def key(self) -> tuple:
+        """What, when it changes, is worth a line: the car, the setpoint, control's decision and the session."""
+        return (self["charger/s1/state/vehicle"], self["charger/s1/state/online"], self.setpoint_A,
+                self.allocated_A, self["control/master/state/allocations/s1/reason"],
+                self["control/master/state/mode"], self["charger/s1/state/session/state"])
+
+    def line(self) -> str:
+        def amps(key):
+            values = self.phases(key)
+            return "?" if None in values else "/".join(f"{a:.1f}" for a in values)
+        vehicle = self["charger/s1/state/vehicle"] or "?"
+        if self["charger/s1/state/online"] == "false":
+            vehicle += " (offline)"
+        setpoint = self.setpoint_A
+        text = (f"s1 {vehicle}, setpoint {setpoint:g} A" if setpoint is not None else f"s1 {vehicle}")
+        text += f", m1 {amps('meter/m1/state/A')} A | grid {amps('meter/grid/state/A')} A (limit 25)"
+        if self.allocated_A is not None:
+            text += (f" | control {self['control/master/state/mode']}: s1 {self.allocated_A:g} A, "
+                     f"{self['control/master/state/allocations/s1/reason']}")
+        session = self["charger/s1/state/session/state"]
+        if session:
+            text += f" | session {session}"
+        return text
+
+
 class Demo:
     def __init__(self, args):
         self.args = args
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.etcd: EtcdServer | None = None
         self.url = ""
+        self.control_port = 0
+        self.twistd: subprocess.Popen | None = None
+        self._started = time.monotonic()
+        self._shown: tuple | None = None
 
     # -- children --
 
     def spawn(self, what: str, argv: list[str], **kw) -> subprocess.Popen:
-        # stdin: the simulators read commands from a pipe or tty; they must not take the operator's keystrokes.
+        # stdin: the simulator reads commands from a pipe or tty; it must not take the operator's keystrokes.
         proc = subprocess.Popen(argv, start_new_session=True, cwd=REPO, stdin=subprocess.DEVNULL, **kw)
         self.children.append((what, proc))
-        print(f"demo: started {what} (pid {proc.pid})", flush=True)
+        self.say(f"started {what} (pid {proc.pid})")
         return proc
 
     def stop_all(self) -> None:
-        """Stop children newest first (twistd before the simulators before etcd); each whole process group."""
+        """Stop children newest first (twistd before the simulator before etcd); each whole process group."""
         for what, proc in reversed(self.children):
             _stop_group(proc, what)
         self.children.clear()
@@ -95,13 +203,21 @@ class Demo:
             print("demo: stopped the throwaway etcd", flush=True)
             self.etcd = None
 
-    # -- steps --
+    def check_children(self) -> None:
+        for what, proc in self.children:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with status {proc.returncode}")
+
+    def say(self, text: str) -> None:
+        print(f"demo: {text}", flush=True)
+
+    # -- set-up --
 
     def start_etcd(self) -> None:
         url = os.environ.get("EVC_ETCD_URL")
         if url:
             self.url = url.rstrip("/")
-            print(f"demo: using etcd at {self.url} (EVC_ETCD_URL); not starting one", flush=True)
+            self.say(f"using etcd at {self.url} (EVC_ETCD_URL); not starting one")
             return
         server = EtcdServer()
         if not os.path.exists(server.binary):
@@ -112,116 +228,188 @@ class Demo:
             if server.peer_port == DEMO_ETCD_PORT:
                 server.peer_port = DEMO_ETCD_PORT + 1
         else:
-            print(f"demo: port {DEMO_ETCD_PORT} is taken; using {server.client_port} for etcd", flush=True)
+            self.say(f"port {DEMO_ETCD_PORT} is taken; using {server.client_port} for etcd")
         self.etcd = server
         server.start()
         self.url = server.url
-        print(f"demo: started a throwaway etcd at {self.url} (pid {server.proc.pid}, data in {server.data_dir})",
-              flush=True)
+        self.say(f"started a throwaway etcd at {self.url} (pid {server.proc.pid}, data in {server.data_dir})")
 
-    def start_simulators(self) -> None:
-        for port, what in ((SDM_PORT, "meter/m1's bus"), (RS485_TCP_PORT, "conn/s123's remote")):
+    def start_simulator(self) -> None:
+        for port, what in PORTS.items():
             if not port_free(port):
                 raise RuntimeError(f"port {port} ({what} in {EXAMPLE.relative_to(REPO)}) is in use: "
                                    "is another demo running?")
-        if importlib.util.find_spec("evc.sim.site") is not None and not self.args.sdm_only:
-            # One EVSE (unit 1 = charger/s1's conn_port) with a car on the RS485 tunnel, the grid meter on Modbus
-            # TCP, and a base load so that the meter shows something while no car charges.
-            proc = self.spawn("the site simulator",
-                              [sys.executable, "-m", "evc.sim.site", "--evses", "1", "--cars", "1",
-                               "--tcp-port", str(RS485_TCP_PORT), "--meter-port", str(SDM_PORT),
-                               "--base-load", BASE_LOAD_A])
-            wait_for_port(SDM_PORT, proc, "the site simulator")
-            wait_for_port(RS485_TCP_PORT, proc, "the site simulator")
-            return
-        proc = self.spawn("the SDM630 simulator", [sys.executable, "-m", "evc.sim.sdm", "--port", str(SDM_PORT),
-                                                   "--A", BASE_LOAD_A, "--noise", "0.002"])
-        wait_for_port(SDM_PORT, proc, "the SDM630 simulator")
+        self.control_port = free_port()
+        proc = self.spawn("the site simulator",
+                          [sys.executable, "-m", "evc.sim.site", "--config", str(SIM_CONFIG.relative_to(REPO)),
+                           "--control-port", str(self.control_port)], stdout=subprocess.DEVNULL)
+        for port in (*PORTS, self.control_port):
+            wait_for_port(port, proc, "the site simulator")
 
     def evc_cli(self, *argv: str, capture: bool = False) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "evc.cli", "--etcd", self.url, "--root", self.args.root, *argv]
         return subprocess.run(cmd, cwd=REPO, capture_output=capture, text=True, timeout=60)
 
     def load_config(self) -> None:
-        print(f"demo: loading {EXAMPLE.relative_to(REPO)} into {self.args.root}", flush=True)
+        self.say(f"loading {EXAMPLE.relative_to(REPO)} into {self.args.root}")
         # --replace: a demo root left over from an earlier run gets exactly the example's config.
         r = self.evc_cli("config", "load", "--replace", str(EXAMPLE.relative_to(REPO)))
         if r.returncode != 0:
             raise RuntimeError(f"loading {EXAMPLE} failed (exit {r.returncode})")
 
+    def sim_command(self, line: str) -> dict:
+        """One command to the site simulator's control port; its JSON answer."""
+        with socket.create_connection(("127.0.0.1", self.control_port), timeout=5) as s:
+            s.sendall(line.encode() + b"\n")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        return json.loads(answer or b"{}")
+
+    # -- what the operator sees --
+
+    def etcdctl(self, *words: str) -> str:
+        return f"ETCDCTL_API=3 etcdctl --endpoints {self.url} " + " ".join(words)
+
+    def evc_command(self) -> str:
+        evc = Path(sys.executable).parent / "evc"
+        shown = os.path.relpath(evc, os.getcwd()) if evc.exists() else "evc"
+        return f"{shown} --etcd {self.url} --root {self.args.root}"
+
     def print_help(self) -> None:
-        evc = os.path.relpath(venv_tool("evc"), os.getcwd()) if (Path(sys.executable).parent / "evc").exists() else "evc"
-        etcd_port = self.url.rsplit(":", 1)[-1]
+        root = self.args.root
         print(f"""
 demo: the site runs. Watch it from a second shell:
 
-    {evc} --etcd {self.url} --root {self.args.root} status
-    ETCDCTL_API=3 etcdctl --endpoints {self.url} get --prefix {self.args.root}/meter/m1/state/
-    ETCDCTL_API=3 etcdctl --endpoints {self.url} watch --prefix {self.args.root}/
+    {self.evc_command()} status
+    {self.etcdctl("get --prefix", root + "/charger/s1/state/")}
+    {self.etcdctl("get --prefix", root + "/control/master/state/")}
+    {self.etcdctl("watch --prefix", root + "/")}
 
-and change it live, e.g.:
+change it live (EVC applies a config change at once, restarting only what changed), e.g.:
 
-    ETCDCTL_API=3 etcdctl --endpoints {self.url} put {self.args.root}/meter/m1/config/interval_s 2
+    {self.etcdctl("put", root + "/charger/s1/config/mode OFF")}
+    {self.etcdctl("put", root + "/control/master/config/A_max 20")}
 
-(the etcd client port is {etcd_port}). Ctrl-C stops everything.
+and change the simulated site (one command per line on its control port: status, base L1 L2 L3, unplug car1,
+plug car1 s1, soc car1 0.95, ...; evc/sim/site.py lists them):
+
+    echo 'base 8 6 7' | nc -q1 127.0.0.1 {self.control_port}
+
+Ctrl-C stops everything.
 """, flush=True)
 
-    def wait_ready(self, timeout: float) -> None:
-        """Until `evc status` shows meter/m1 with live values (polled with a deadline)."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            r = self.evc_cli("status", "--json", capture=True)
-            if r.returncode in (0, 1) and r.stdout.strip():
-                try:
-                    rows = {row["instance"]: row for row in json.loads(r.stdout)}
-                except ValueError:
-                    rows = {}
-                m1 = rows.get("meter/m1", {})
-                last = f"meter/m1 status {m1.get('status')!r}, error {m1.get('error')!r}"
-                if m1.get("status") == "running" and "W" in m1.get("state", {}):
-                    print("demo: ready (meter/m1 has live values)", flush=True)
-                    return
-            else:
-                last = (r.stderr or r.stdout).strip()
-            self.check_children()
-            time.sleep(0.2)
-        raise TimeoutError(f"the site is not ready after {timeout:.0f} s: {last}")
+    def show(self, force: bool = False) -> View | None:
+        """Read the tree; print a line when what the scenario is about changed. None when etcd did not answer."""
+        try:
+            view = View(etcd_tree(self.url, self.args.root))
+        except OSError as e:
+            self.say(f"etcd did not answer ({e}); trying again")
+            return None
+        key = view.key()
+        if force or key != self._shown:
+            self._shown = key
+            print(f"demo: [{time.monotonic() - self._started:6.1f} s] {view.line()}", flush=True)
+        return view
 
-    def check_children(self) -> None:
-        for what, proc in self.children:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with status {proc.returncode}")
+    def watch(self, seconds: float, until=None, what: str = "") -> View | None:
+        """Print changes for `seconds`, or until `until(view)` holds (then return that view); a deadline, never a
+        blind sleep: a condition that does not come is reported."""
+        deadline = time.monotonic() + seconds
+        view = None
+        while True:
+            self.check_children()
+            view = self.show() or view
+            if until is not None and view is not None and until(view):
+                return view
+            if time.monotonic() >= deadline:
+                if until is not None:
+                    self.say(f"{what} has not happened after {seconds:g} s (docs/troubleshooting.md)")
+                return view
+            time.sleep(0.5)
+
+    def wait_ready(self, timeout: float) -> View:
+        """Until meter/m1 and meter/grid have live values, charger/s1 answers and control/master runs."""
+        view = self.watch(timeout, lambda v: v.meters_live and v["charger/s1/state/online"] == "true"
+                          and v["control/master/state/status"] == "running",
+                          "meters m1 and grid live, charger s1 online and control running")
+        if view is None or not view.meters_live or view["charger/s1/state/online"] != "true":
+            raise TimeoutError(f"the site is not ready after {timeout:.0f} s: see `{self.evc_command()} status`")
+        self.say("ready: meters m1 and grid read, charger s1 answers on conn s123, control/master runs")
+        return view
+
+    # -- the scenario --
+
+    def scenario(self) -> None:
+        step_s = self.args.step_s
+        root = self.args.root
+        self.wait_ready(self.args.ready_timeout)
+        self.say(f"step 1: s1 is OFF (as the seed writes it) while car1 is plugged in. Switching it on live:\n\n"
+                 f"    {self.etcdctl('put', root + '/charger/s1/config/mode ON')}\n")
+        etcd_put(self.url, f"{root}/charger/s1/config/mode", "ON")
+        view = self.watch(60, lambda v: (v.setpoint_A or 0) >= 6 and v.drawing_A >= 6,
+                          "s1 charging (setpoint and measured draw of 6 A or more)")
+        charging_A = view.setpoint_A if view is not None else None
+        self.say(f"step 2: car1 charges at {charging_A:g} A per phase: control/master gave s1 what the 25 A per "
+                 f"phase leave beside the base load {_phases(BASE_LOAD_A)} A (less its 1 A deadband)"
+                 if charging_A else "step 2: car1 is not charging yet; the scenario goes on")
+        self.watch(step_s)
+        self.say(f"step 3: the base load rises to {_phases(RAISED_BASE_LOAD_A)} A (a heat pump starts):\n\n"
+                 f"    echo 'base {' '.join(f'{a:g}' for a in RAISED_BASE_LOAD_A)}' | nc -q1 127.0.0.1 "
+                 f"{self.control_port}\n\ncontrol must lower s1 to keep every phase within 25 A")
+        self.sim_command("base " + " ".join(f"{a:g}" for a in RAISED_BASE_LOAD_A))
+        started = time.monotonic()
+        lowered = self.watch(step_s + 30, lambda v: charging_A is not None and v.allocated_A is not None
+                             and v.allocated_A < charging_A and (v.setpoint_A or 0) < charging_A,
+                             "s1 lowered")
+        if lowered is not None and lowered.allocated_A is not None and charging_A is not None \
+                and lowered.allocated_A < charging_A:
+            self.say(f"control lowered s1 to {lowered.allocated_A:g} A "
+                     f"({time.monotonic() - started:.1f} s after the rise)")
+        self.watch(max(0.0, step_s - (time.monotonic() - started)))
+        self.say(f"step 4: the base load falls back to {_phases(BASE_LOAD_A)} A; control raises s1 again")
+        self.sim_command("base " + " ".join(f"{a:g}" for a in BASE_LOAD_A))
+        started = time.monotonic()
+        raised = self.watch(step_s + 30, lambda v: charging_A is not None and (v.allocated_A or 0) >= charging_A,
+                            "s1 raised")
+        if raised is not None and charging_A is not None and (raised.allocated_A or 0) >= charging_A:
+            self.say(f"control raised s1 to {raised.allocated_A:g} A "
+                     f"({time.monotonic() - started:.1f} s after the fall)")
+        self.say(f"the scenario is done; the site keeps running (try the commands above). Ctrl-C stops it.")
 
     def run(self) -> int:
         self.start_etcd()
-        self.start_simulators()
+        self.start_simulator()
         self.load_config()
         if self.args.no_twistd:
-            print("demo: --no-twistd: not starting EVC; start it with\n\n"
-                  f"    {venv_tool('twistd')} -n evc --etcd {self.url} --root {self.args.root}\n", flush=True)
+            self.say("--no-twistd: not starting EVC; start it with\n\n"
+                     f"    {venv_tool('twistd')} -n evc --etcd {self.url} --root {self.args.root}\n")
         else:
-            twistd = self.spawn("twistd -n evc", [venv_tool("twistd"), "-n", "--pidfile=", "evc",
-                                                  "--etcd", self.url, "--root", self.args.root])
+            self.twistd = self.spawn("twistd -n evc", [venv_tool("twistd"), "-n", "--pidfile=", "evc",
+                                                       "--etcd", self.url, "--root", self.args.root])
         self.print_help()
         if self.args.exit_after_ready:
             if not self.args.no_twistd:
                 self.wait_ready(self.args.ready_timeout)
             return 0
         if self.args.no_twistd:
-            print("demo: simulators and etcd run until Ctrl-C", flush=True)
+            self.say("simulator and etcd run until Ctrl-C")
             while True:
                 self.check_children()
                 time.sleep(0.5)
+        if not self.args.no_scenario:
+            self.scenario()
         while True:
             # twistd runs in the foreground in effect: the demo lives exactly as long as it does.
-            code = twistd.poll()
+            code = self.twistd.poll()
             if code is not None:
-                print(f"demo: twistd exited with status {code}"
-                      + (" (docs/troubleshooting.md says why it may not start)" if code else ""), flush=True)
+                self.say(f"twistd exited with status {code}"
+                         + (" (docs/troubleshooting.md says why it may not start)" if code else ""))
                 return code or 0
-            self.check_children()
-            time.sleep(0.2)
+            self.watch(1.0)
 
 
 def _stop_group(proc: subprocess.Popen, what: str, grace: float = 10.0) -> None:
@@ -251,11 +439,14 @@ def _stop_group(proc: subprocess.Popen, what: str, grace: float = 10.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evc.demo", description=__doc__.splitlines()[0])
     p.add_argument("--root", default="/evc/seed", help="the demo site's root in etcd (default %(default)s)")
-    p.add_argument("--no-twistd", action="store_true", help="start etcd and the simulators and load the config only")
+    p.add_argument("--step-s", type=float, default=20.0,
+                   help="seconds between the scenario's steps (default %(default)s; the tests use a few)")
+    p.add_argument("--no-scenario", action="store_true",
+                   help="run the site as loaded (s1 OFF), without switching it on or changing the base load")
+    p.add_argument("--no-twistd", action="store_true", help="start etcd and the simulator and load the config only")
     p.add_argument("--exit-after-ready", action="store_true",
-                   help="stop everything once `evc status` shows meter/m1 with live values (for tests)")
-    p.add_argument("--ready-timeout", type=float, default=60.0, help="seconds --exit-after-ready waits")
-    p.add_argument("--sdm-only", action="store_true", help="run only the SDM630 simulator, not the whole site's")
+                   help="stop everything once the site is ready (meters live, s1 online; for tests)")
+    p.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for the site to be ready")
     args = p.parse_args(argv)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -72,26 +72,55 @@ def _etcd_json(url, root):
             for kv in kvs}
 
 
-def test_demo_runs_the_seed_site_and_ctrl_c_leaves_nothing_running(tmp_path):
-    proc, log = _demo(tmp_path)
+def _num(kv, key):
+    try:
+        return float(kv[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def test_demo_charges_a_car_control_lowers_it_when_the_base_load_rises_and_ctrl_c_leaves_nothing(tmp_path):
+    """The seed's site on the simulators: both meters live, s1 switched on live charges car1 in a session, control
+    lowers s1 when the scenario raises the base load; SIGINT stops every child (scenario steps compressed to 3 s)."""
+    proc, log = _demo(tmp_path, "--step-s", "3")
+    sessions = set()
     try:
         line = _wait(lambda: next((ln for ln in log().splitlines() if "throwaway etcd at" in ln), None), 30,
                      "the demo's etcd")
         url = line.split("throwaway etcd at ", 1)[1].split()[0]
-        _wait(lambda: "twistd -n evc" in log(), 30, "twistd to start")
-        sessions = _children_sessions(proc.pid)
-        assert len(sessions) >= 3, f"expected etcd, a simulator and twistd as children: {sessions}\n{log()}"
+        _wait(lambda: "started twistd -n evc" in log(), 30, "twistd to start")
+        sessions = {sid for _, sid in _children_sessions(proc.pid)}
+        assert len(sessions) >= 3, f"expected etcd, the simulator and twistd as children: {sessions}\n{log()}"
 
-        def ready():
+        def charging():
             kv = _etcd_json(url, "/evc/seed")
-            if kv.get("meter/m1/state/status") == "running" and "meter/m1/state/W_total" in kv \
-                    and "not available yet" in kv.get("charger/s1/state/error", ""):
+            live = all(kv.get(f"meter/{m}/state/status") == "running" and "meter/" + m + "/state/W_total" in kv
+                       for m in ("m1", "grid"))
+            allocated = _num(kv, "control/master/state/allocations/s1/A")
+            if live and kv.get("charger/s1/state/online") == "true" and kv.get("charger/s1/config/mode") == "ON" \
+                    and "charger/s1/data/sessions/current" in kv and allocated is not None and allocated >= 6 \
+                    and kv.get("charger/s1/state/vehicle") == "charging" and (_num(kv, "meter/m1/state/A/L1") or 0) >= 6 \
+                    and (_num(kv, "meter/grid/state/W_total") or 0) > _num(kv, "meter/m1/state/W_total"):
+                return kv       # m1 sees the car; the grid meter sees the car and the base load
+            return None
+        kv = _wait(charging, 40, "meters live, s1 switched on and charging car1 in a session, control allocating")
+        assert kv["charger/s1/config/mode"] == "ON"                 # switched on live by the demo, through etcd
+        sid = kv["charger/s1/data/sessions/current"]
+        assert json.loads(kv[f"charger/s1/data/sessions/{sid}"])["state"] in ("authorized", "charging")
+        assert kv["control/master/state/mode"] == "normal"
+        for planned in ("reader/r1", "front/local", "front/plugsurfing"):
+            assert "not available yet" in kv[f"{planned}/state/error"], planned     # reported, never faked
+
+        def lowered():
+            kv = _etcd_json(url, "/evc/seed")
+            base, allocated = _num(kv, "control/master/state/base/L1"), _num(kv, "control/master/state/allocations/s1/A")
+            # The rise takes the base to 14 A on L1: s1 must fit in what is left of the 25 A.
+            if base is not None and base >= 10 and allocated is not None and allocated <= 25 - base:
                 return kv
             return None
-        kv = _wait(ready, 40, "meter/m1 live values and charger/s1's error in etcd")
-        assert float(kv["meter/m1/state/W_total"]) > 0       # the simulator's base load
-        assert kv["charger/s1/state/status"] == "error"
-        assert kv["meter/m1/config/type"] == "SDM630"
+        kv = _wait(lowered, 30, "control lowering s1 after the base load rose")
+        assert _num(kv, "control/master/state/allocations/s1/A") < _num(kv, "control/master/state/base/L1") + 25
+        assert "step 3: the base load rises" in log()
         assert f"--etcd {url} --root /evc/seed status" in log()
     finally:
         proc.send_signal(signal.SIGINT)
@@ -101,7 +130,7 @@ def test_demo_runs_the_seed_site_and_ctrl_c_leaves_nothing_running(tmp_path):
             proc.kill()
             raise
     assert proc.returncode == 0, log()
-    left = _alive_in_sessions({sid for _, sid in sessions})
+    left = _alive_in_sessions(sessions)
     assert left == [], f"processes left running: {left}\n{log()}"
     assert "stopped the throwaway etcd" in log()
 
@@ -119,7 +148,9 @@ def test_demo_uses_the_etcd_it_is_given_and_starts_none(tmp_path, etcd_session, 
     assert "throwaway etcd" not in log() and f"using etcd at {etcd_session.url}" in log()
     kv = _etcd_json(etcd_session.url, etcd_root)
     assert kv["charger/s1/type"] == "EVCC_manual" and kv["meter/m1/config/bus"] == "127.0.0.1:15020"
-    assert "stopped the SDM630 simulator" in log() or "stopped the site simulator" in log()
+    assert kv["control/master/config/meter"] == "grid" and kv["meter/grid/config/bus"] == "127.0.0.1:15021"
+    assert kv["charger/s1/config/mode"] == "OFF"                     # no scenario without EVC running
+    assert "stopped the site simulator" in log()
 
 
 def test_demo_refuses_an_unknown_option(tmp_path):
