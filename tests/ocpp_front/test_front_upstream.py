@@ -307,3 +307,77 @@ async def test_tls_with_a_wrong_ca_is_refused_and_the_right_ca_and_password_conn
         await site.stop_front("right")
     finally:
         upstream.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_commands_over_the_wire_remote_start_profiles_and_composite_schedule(upstream):
+    await upstream.start()
+    site = Site(MemoryStore(), _reactor())
+    caps = []
+    site.events.subscribe(("cap",), lambda topic, event: caps.append((topic[1], event)))
+    s1 = await site.charger("s1")
+    front = site.front(url=upstream.url)
+    try:
+        b = await booted(front)
+        s1.plug()
+        result = await upstream.call("s1", "RemoteStartTransaction", id_tag="REMOTE1", connector_id=1)
+        assert result["result"]["status"] == "Accepted"
+        await wait_for(lambda: upstream.calls("StartTransaction", answer="result"), 5, "the remote start's start")
+        assert upstream.calls("StartTransaction")[0]["payload"]["id_tag"] == "REMOTE1"
+        profile = {"chargingProfileId": 3, "stackLevel": 2, "chargingProfilePurpose": "ChargePointMaxProfile",
+                   "chargingProfileKind": "Absolute",
+                   "chargingSchedule": {"chargingRateUnit": "A", "startSchedule": "2020-01-01T00:00:00Z",
+                                        "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10.5}]}}
+        result = await upstream.call("s1", "SetChargingProfile", connector_id=0, cs_charging_profiles=profile)
+        assert result["result"]["status"] == "Accepted"
+        assert caps[-1] == ("s1", ("front/up", 10.5))
+        result = await upstream.call("s1", "GetCompositeSchedule", connector_id=1, duration=3600,
+                                     charging_rate_unit="A")
+        schedule = result["result"]["charging_schedule"]
+        assert result["result"]["status"] == "Accepted"
+        # (the backend's library parses the schedule as Decimal; its record writes that as text)
+        assert [(p["start_period"], float(p["limit"])) for p in schedule["charging_schedule_period"]] == [(0, 10.5)]
+        result = await upstream.call("s1", "ChangeConfiguration", key="MeterValueSampleInterval", value="1")
+        assert result["result"]["status"] == "Accepted"
+        await wait_for(lambda: upstream.calls("MeterValues", answer="result"), 5, "meter values at the new interval")
+        result = await upstream.call("s1", "TriggerMessage", requested_message="StatusNotification")
+        assert result["result"]["status"] == "Accepted"
+        stop = await upstream.call("s1", "RemoteStopTransaction",
+                                   transaction_id=upstream.calls("StartTransaction")[0]["payload"]["transaction_id"])
+        assert stop["result"]["status"] == "Accepted"
+        await wait_for(lambda: upstream.calls("StopTransaction"), 5, "the remote stop's stop")
+        assert upstream.calls("StopTransaction")[0]["payload"]["reason"] == "Remote"
+        await wait_for(lambda: upstream.calls("StatusNotification")[-1]["payload"]["status"] == "Finishing", 5,
+                       "Finishing while the car stays plugged")
+        assert site.state.values["s1/last_action"] == "RemoteStopTransaction: Accepted"
+        assert b.link.connects == 1
+    finally:
+        await site.stop_front()
+
+
+@pytest_twisted.ensureDeferred
+async def test_star_follows_chargers_added_later_and_a_restarted_charger_keeps_its_link(upstream):
+    await upstream.start()
+    site = Site(MemoryStore(), _reactor())
+    s1 = await site.charger("s1")
+    front = site.front(url=upstream.url, identity="SITE-{name}")
+    try:
+        await booted(front)
+        assert upstream.calls("BootNotification")[0]["cp"] == "SITE-s1"
+        await site.charger("s2")
+        b2 = await booted(front, "s2")
+        assert b2.link.settings.identity == "SITE-s2"
+        # The charger's instance restarts (a config change): the same front keeps the same websocket.
+        site.events.publish(("instance", "charger", "s1"), ("stopped", s1))
+        await s1.stop()
+        s1 = await site.charger("s1")
+        b1 = front.bridged["s1"]
+        assert b1.charger is s1 and b1.link.connects == 1
+        s1.plug()
+        await wait_for(lambda: any(c["payload"]["status"] == "Preparing"
+                                   for c in upstream.calls("StatusNotification", cp="SITE-s1")), 5, "Preparing")
+        result = await upstream.call("SITE-s1", "Reset", type="Soft")
+        assert result["result"]["status"] == "Accepted"
+        await wait_for(lambda: b1.link.connects == 2 and b1.link.accepted, 5, "a new connection after Reset")
+    finally:
+        await site.stop_front()
