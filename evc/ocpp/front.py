@@ -159,10 +159,11 @@ class OcppFront(Instance):
             return defer.succeed(None)
         if bridged.cap_A is not None and self.ctx.events is not None:
             self.ctx.events.publish(("cap", name), (self.ctx.key, None))
+        d = bridged.stop()
         for leaf in ("connection", "connection_error", "status", "outbox", "transaction_id", "cap_A", "available",
                      "last_action", "last_action_time", "given_up", "last_given_up"):
             self.ctx.state.delete(f"{name}/{leaf}")
-        return bridged.stop()
+        return d
 
     def _on_instance(self, topic: tuple, event) -> None:
         if len(topic) < 3 or not self.config.covers(topic[2]) or not self.running:

@@ -255,7 +255,8 @@ class BridgedCharger:
     # -- state for people --
 
     def _state(self, leaf: str, value: Any) -> None:
-        self.ctx.state.set(f"{self.name}/{leaf}", value)
+        if not self._stopped:        # once stopped, the front removes this charger's leaves
+            self.ctx.state.set(f"{self.name}/{leaf}", value)
 
     def _state_all(self) -> None:
         self._state("connection", self.link.state)
