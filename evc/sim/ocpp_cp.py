@@ -63,7 +63,7 @@ from twisted.logger import Logger
 from evc import __version__
 from evc.sim.car import SimCar
 
-log = Logger()
+log = Logger(namespace="evc.sim.ocpp_cp")
 
 SUBPROTOCOL = "ocpp1.6"
 PURPOSES = ("ChargePointMaxProfile", "TxDefaultProfile", "TxProfile")
@@ -703,6 +703,7 @@ class OcppChargePointSim:
         self._volatile: deque[_Out] = deque()
         self._seq = 0
         self._reset_requested: str | None = None
+        self._on_first_accept: list[Callable[[], Any]] | None = []
         self._stepped_at_s = clock.seconds()
         self._timers: dict[str, Any] = {}
         self._tick_loop = None
@@ -830,6 +831,13 @@ class OcppChargePointSim:
         from evc.ocpp.bridge import to_deferred
         return to_deferred(self.aclose(), reactor)
 
+    def call_when_accepted(self, fn: Callable[[], Any]) -> None:
+        """Call `fn` once the CS has accepted this charge point for the first time (now, if it already has)."""
+        if self._on_first_accept is None:
+            fn()
+        else:
+            self._on_first_accept.append(fn)
+
     def disconnect(self) -> None:
         """Drop the websocket (as a network failure would); the simulator reconnects after its backoff."""
         if self._ws is not None:
@@ -934,6 +942,9 @@ class OcppChargePointSim:
         if result.interval > 0:
             self.config.set("HeartbeatInterval", str(int(result.interval)))
         self.phase = "online"
+        first, self._on_first_accept = self._on_first_accept, None
+        for fn in first or ():
+            fn()
         self._schedule_heartbeat()
         self.reported0 = None
         for c in self.connectors.values():
@@ -1732,8 +1743,9 @@ def main(argv=None) -> None:
     parser.add_argument("--car-max-a", type=float, default=16.0)
     parser.add_argument("--soc", type=float, default=0.3, help="the cars' state of charge, 0..1")
     parser.add_argument("--capacity-wh", type=float, default=60_000.0)
-    parser.add_argument("--plug-at", type=float, help="plug the car into connector 1 after this many seconds")
-    parser.add_argument("--unplug-at", type=float, help="unplug it after this many seconds")
+    parser.add_argument("--plug-at", type=float,
+                        help="plug the car into connector 1 this many seconds after the CS first accepted the boot")
+    parser.add_argument("--unplug-at", type=float, help="unplug it this many seconds after that acceptance")
     parser.add_argument("--id-tag", help="the tag the driver presents when plugging in")
     parser.add_argument("--meter-interval-s", type=int, default=10, help="MeterValueSampleInterval")
     parser.add_argument("--smart-charging", choices=SMART_CHARGING_MODES, default="accept")
@@ -1785,10 +1797,11 @@ def main(argv=None) -> None:
             self.sendLine(json.dumps(run_command(sim, line.decode("utf-8", "replace"))).encode())
 
     sim.start(reactor)
+    # Counted from the first accepted boot: a tag shown before the CS answers would be judged offline.
     if args.plug_at is not None:
-        reactor.callLater(args.plug_at, sim.plug, 1, args.id_tag)
+        sim.call_when_accepted(lambda: reactor.callLater(args.plug_at, sim.plug, 1, args.id_tag))
     if args.unplug_at is not None:
-        reactor.callLater(args.unplug_at, sim.unplug, 1)
+        sim.call_when_accepted(lambda: reactor.callLater(args.unplug_at, sim.unplug, 1))
     if _pollable(sys.stdin):
         StandardIO(Control())
     reactor.addSystemEventTrigger("before", "shutdown", sim.stop, reactor)

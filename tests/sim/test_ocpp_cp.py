@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import pytest
 import pytest_twisted
 import websockets
-from ocpp.exceptions import NotSupportedError
+from ocpp.exceptions import InternalError, NotSupportedError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
@@ -66,6 +66,9 @@ class CsSide(ChargePoint):
     @on(Action.start_transaction)
     def on_start(self, **kw):
         self._log("StartTransaction", kw)
+        if self.cs.fail_starts > 0:
+            self.cs.fail_starts -= 1
+            raise InternalError(description="database unavailable")
         status = "Invalid" if kw["id_tag"] in self.cs.invalid else "Accepted"
         return call_result.StartTransaction(transaction_id=next(self.cs.tx_ids), id_tag_info={"status": status})
 
@@ -91,6 +94,7 @@ class TinyCs:
         self.boot_answers: list[tuple[str, int]] = []
         self.invalid: set[str] = set()
         self.tx_ids = itertools.count(1)
+        self.fail_starts = 0                  # answer this many StartTransactions with a CALLERROR
         self.auth_seen: list[str] = []
 
     async def start(self, port: int = 0):
@@ -333,13 +337,28 @@ async def test_lost_start_reply_resends_the_same_start_and_uses_the_answer_it_go
     assert rig.cs.sent("MeterValues")[0]["transaction_id"] == 2
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_start_answered_with_a_callerror_is_retried_after_the_retry_interval(rig):
+    rig.cs.fail_starts = 1
+    sim = rig.sim()
+    await until(lambda: sim.online and rig.cs.statuses() == ["Available"], "online")
+    sim.plug(1, "AA")
+    await until(lambda: len(rig.cs.sent("StartTransaction")) == 1 and sim._txq[0].attempts == 1, "first try failed")
+    assert sim.cars[1].current_A == 16.0, "the car charges while the StartTransaction waits for its retry"
+    step(sim.clock, 59)
+    assert len(rig.cs.sent("StartTransaction")) == 1
+    sim.clock.advance(1)                              # TransactionMessageRetryInterval (60 s) x 1 earlier try
+    await until(lambda: sim.connectors[1].tx.id == 1, "the retry got a transaction id")
+    assert rig.cs.sent("StartTransaction")[0] == rig.cs.sent("StartTransaction")[1]
+
+
 # -- smart charging ----------------------------------------------------------------------------------------
 
 @pytest_twisted.ensureDeferred
 async def test_profiles_limit_the_offered_current_and_expire_back_to_the_base(rig):
     sim = await charging(rig)
     c = sim.connectors[1]
-    assert c.offered_A == 16.0 or c.offered_A == 32.0
+    assert c.offered_A == 32.0                    # no profile: the charger's own maximum; the car takes 16 A
     assert (await rig.cs.ask(call.SetChargingProfile(
         connector_id=0, cs_charging_profiles=tx_profile(1, 0, 13.0, purpose="TxDefaultProfile")))).status == "Accepted"
     assert c.offered_A == 13.0 and sim.cars[1].draw_A == (13.0, 13.0, 13.0)
@@ -416,8 +435,8 @@ async def test_a_charger_without_smart_charging_keeps_its_current(rig, mode):
             await rig.cs.ask(request)
         known = (await rig.cs.ask(call.GetConfiguration(key=["SupportedFeatureProfiles"]))).configuration_key
         assert "SmartCharging" not in known[0]["value"]
-    assert sim.connectors[1].offered_A == 16.0 or sim.cars[1].current_A == 16.0
-    assert sim.cars[1].draw_A == (16.0, 16.0, 16.0)
+    assert sim.profiles.profiles == []
+    assert sim.connectors[1].offered_A == 32.0 and sim.cars[1].draw_A == (16.0, 16.0, 16.0)
 
 
 def test_profile_stacks_recurrence_and_validity_without_a_network():
@@ -645,6 +664,34 @@ async def test_wss_with_a_private_ca(rig, tmp_path):
         for s in (trusted, stranger):
             await s.stop(reactor)
         await aio(tls_cs.stop())
+
+
+@pytest_twisted.ensureDeferred
+async def test_command_line_charger_plugs_in_and_reports_its_status(rig):
+    """`python -m evc.sim.ocpp_cp` as the demo runs it: --plug-at with --id-tag, `status` on stdin."""
+    import asyncio
+    import json
+    import sys
+
+    async def session():
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "evc.sim.ocpp_cp", "--url", rig.cs.url, "--id", "cli1", "--plug-at", "0",
+            "--id-tag", "AA", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        try:
+            while not rig.cs.sent("StartTransaction", "cli1"):
+                await asyncio.sleep(0.05)
+            proc.stdin.write(b"status\nbogus\n")
+            await proc.stdin.drain()
+            return [json.loads(await proc.stdout.readline()) for _ in range(2)]
+        finally:
+            proc.terminate()
+            await proc.wait()
+
+    status, bogus = await aio(asyncio.wait_for(session(), 30))
+    assert status["ok"] and status["registration"] == "Accepted"
+    assert status["connectors"][0]["id_tag"] == "AA" and status["connectors"][0]["plugged"]
+    assert bogus == {"ok": False, "error": "unknown command 'bogus'"}
 
 
 def test_config_table_checks_values():
