@@ -378,7 +378,7 @@ Ctrl-C stops everything.
         if raised is not None and charging_A is not None and (raised.allocated_A or 0) >= charging_A:
             self.say(f"control raised s1 to {raised.allocated_A:g} A "
                      f"({time.monotonic() - started:.1f} s after the fall)")
-        self.say(f"the scenario is done; the site keeps running (try the commands above). Ctrl-C stops it.")
+        self.say("the scenario is done; the site keeps running (try the commands above). Ctrl-C stops it.")
 
     def run(self) -> int:
         self.start_etcd()

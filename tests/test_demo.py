@@ -97,10 +97,12 @@ def test_demo_charges_a_car_control_lowers_it_when_the_base_load_rises_and_ctrl_
             live = all(kv.get(f"meter/{m}/state/status") == "running" and "meter/" + m + "/state/W_total" in kv
                        for m in ("m1", "grid"))
             allocated = _num(kv, "control/master/state/allocations/s1/A")
+            m1_A, m1_W, grid_W = (_num(kv, f"meter/{k}") for k in ("m1/state/A/L1", "m1/state/W_total",
+                                                                     "grid/state/W_total"))
             if live and kv.get("charger/s1/state/online") == "true" and kv.get("charger/s1/config/mode") == "ON" \
                     and "charger/s1/data/sessions/current" in kv and allocated is not None and allocated >= 6 \
-                    and kv.get("charger/s1/state/vehicle") == "charging" and (_num(kv, "meter/m1/state/A/L1") or 0) >= 6 \
-                    and (_num(kv, "meter/grid/state/W_total") or 0) > _num(kv, "meter/m1/state/W_total"):
+                    and kv.get("charger/s1/state/vehicle") == "charging" and (m1_A or 0) >= 6 \
+                    and (grid_W or 0) > m1_W:
                 return kv       # m1 sees the car; the grid meter sees the car and the base load
             return None
         kv = _wait(charging, 40, "meters live, s1 switched on and charging car1 in a session, control allocating")
@@ -108,18 +110,23 @@ def test_demo_charges_a_car_control_lowers_it_when_the_base_load_rises_and_ctrl_
         sid = kv["charger/s1/data/sessions/current"]
         assert json.loads(kv[f"charger/s1/data/sessions/{sid}"])["state"] in ("authorized", "charging")
         assert kv["control/master/state/mode"] == "normal"
+        charging_A = _num(kv, "control/master/state/allocations/s1/A")
         for planned in ("reader/r1", "front/local", "front/plugsurfing"):
             assert "not available yet" in kv[f"{planned}/state/error"], planned     # reported, never faked
 
         def lowered():
             kv = _etcd_json(url, "/evc/seed")
-            base, allocated = _num(kv, "control/master/state/base/L1"), _num(kv, "control/master/state/allocations/s1/A")
-            # The rise takes the base to 14 A on L1: s1 must fit in what is left of the 25 A.
-            if base is not None and base >= 10 and allocated is not None and allocated <= 25 - base:
+            base = _num(kv, "control/master/state/base/L1")
+            allocated = _num(kv, "control/master/state/allocations/s1/A")
+            setpoint = _num(kv, "charger/s1/state/setpoint_A")
+            # The rise takes the base to 14 A on L1: s1 (allocation and the board's setpoint) must fit in what is
+            # left of the 25 A.
+            if base is not None and base >= 10 and allocated is not None and allocated <= 25 - base \
+                    and setpoint is not None and setpoint <= 25 - base:
                 return kv
             return None
         kv = _wait(lowered, 30, "control lowering s1 after the base load rose")
-        assert _num(kv, "control/master/state/allocations/s1/A") < _num(kv, "control/master/state/base/L1") + 25
+        assert _num(kv, "control/master/state/allocations/s1/A") < charging_A
         assert "step 3: the base load rises" in log()
         assert f"--etcd {url} --root /evc/seed status" in log()
     finally:
