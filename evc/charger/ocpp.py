@@ -318,9 +318,9 @@ class OcppCharger(Instance):
         if self._unregister is not None:
             self._unregister()
             self._unregister = None
-        conn, self.conn = self.conn, None
-        if conn is not None and not conn.closed:
-            conn.close(1001, "the charger's configuration changed or EVC is stopping")
+        # The connection stays open: the server parks it for the next instance of this charger (a config change)
+        # or closes it (the charger was removed, the server stops).
+        self.conn = None
         self._fail_waiters(NotConnected(f"{self.ctx.key} stopped"))
         return self.sessions.stop()
 

@@ -9,8 +9,10 @@ refused (HTTP status, no websocket) when:
 Security profile 2 needs TLS (`tls_cert`, `tls_key`; TLS 1.2 or newer); TLS may also be used with profiles 0 and 1.
 
 Chargers register themselves (`register(cp_id, charger)` from their startService), so a charger added to the
-config is accepted at once and a removed one is refused. A charge point that connects again while its old
-connection is still open replaces it: the newest connection wins (the old one is closed).
+config is accepted at once and a removed one is refused (its open connection is closed after `park_s`). A charger
+restarted by a config change keeps its charge point's connection (handed to the new instance). A charge point that
+connects again while its old connection is still open replaces it: the newest connection wins (the old one is
+closed).
 
 The server also allocates OCPP transaction ids for its chargers: one counter at `data/transaction_id`, advanced with
 an etcd transaction that compares the key's mod revision, so two EVC runs (or a restart) never hand out the same id.
@@ -31,6 +33,7 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import websockets
+from ocpp.exceptions import GenericError
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -103,6 +106,8 @@ class OcppServer(Instance):
 
     Config = OcppServerConfig
 
+    park_s = 5.0       # how long a connection waits for its charger's instance to come back (a restart)
+
     def __init__(self, ctx, config: OcppServerConfig):
         super().__init__(ctx, config)
         self.chargers: dict[str, Any] = {}          # cp_id -> charger instance
@@ -115,21 +120,64 @@ class OcppServer(Instance):
         self._allocating = defer.DeferredLock()
         self._counter_rev: int | None = None        # mod revision of data/transaction_id as last written by us
         self._counter: int | None = None
+        self._parked: dict[str, Any] = {}           # cp_id -> the timer that closes its parked connection
 
     # --- chargers ---
 
     def register(self, cp_id: str, charger) -> Callable[[], None]:
-        """Route connections of `cp_id` to `charger` (a charger/ocpp instance); returns unregister()."""
+        """Route connections of `cp_id` to `charger` (a charger/ocpp instance); returns unregister().
+
+        A charger restarted by a config change (its mode, its A_max, ...) unregisters and registers again: the
+        charge point's open connection is parked meanwhile and handed to the new instance, so a setting changed
+        in etcd does not disconnect the charge point. A connection left parked for `park_s` (the charger was
+        removed) is closed."""
         other = self.chargers.get(cp_id)
         if other is not None and other is not charger:
             raise ConfigError(f"config/cp_id: {cp_id!r} is already used by {other.ctx.key} on server "
                               f"{self.ctx.name}")
         self.chargers[cp_id] = charger
+        if cp_id in self._parked:
+            # The charger registers before it runs: hand the connection over once its startService is done.
+            self.ctx.clock.callLater(0, self._hand_over, cp_id)
 
         def unregister() -> None:
             if self.chargers.get(cp_id) is charger:
                 del self.chargers[cp_id]
+            conn = self.connections.get(cp_id)
+            if conn is not None and conn.handler is charger and not conn.closed and self.running:
+                conn.handler = _Parked(cp_id)
+                timer = self._parked.pop(cp_id, None)
+                if timer is not None and timer.active():
+                    timer.cancel()
+                self._parked[cp_id] = self.ctx.clock.callLater(self.park_s, self._close_parked, cp_id)
         return unregister
+
+    def _hand_over(self, cp_id: str) -> None:
+        timer = self._parked.pop(cp_id, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        conn, charger = self.connections.get(cp_id), self.chargers.get(cp_id)
+        if conn is None or conn.closed or not isinstance(conn.handler, _Parked):
+            return
+        if charger is None or not charger.running:
+            self._parked[cp_id] = self.ctx.clock.callLater(self.park_s, self._close_parked, cp_id)
+            return
+        conn.handler = charger
+        log.info("{server}: {cp_id}: connection handed to the restarted charger", server=self.ctx.key, cp_id=cp_id)
+        try:
+            charger.ocpp_connected(conn)
+        except Exception:
+            log.failure("{server}: {cp_id}: the charger did not take the connection", server=self.ctx.key,
+                        cp_id=cp_id)
+            conn.close(1011, "internal error")
+
+    def _close_parked(self, cp_id: str) -> None:
+        self._parked.pop(cp_id, None)
+        conn = self.connections.get(cp_id)
+        if conn is not None and not conn.closed and isinstance(conn.handler, _Parked):
+            log.info("{server}: {cp_id} is no longer configured: closing its connection", server=self.ctx.key,
+                     cp_id=cp_id)
+            conn.close(1008, "charge point no longer configured")
 
     # --- service ---
 
@@ -189,6 +237,10 @@ class OcppServer(Instance):
 
     def stopService(self):
         super().stopService()
+        for timer in self._parked.values():
+            if timer.active():
+                timer.cancel()
+        self._parked.clear()
         if self._serving is not None and not self._serving.called:
             self._serving.cancel()
         server, self._ws_server = self._ws_server, None
@@ -319,6 +371,26 @@ class OcppServer(Instance):
                 return nxt
             self._counter = self._counter_rev = None    # someone else moved it: read again
         raise RuntimeError(f"{self.ctx.key}: data/transaction_id kept changing; no transaction id allocated")
+
+
+class _Parked:
+    """The handler of a connection whose charger is restarting: CALLs get GenericError (the charge point retries),
+    everything else is ignored."""
+
+    def __init__(self, cp_id: str):
+        self.cp_id = cp_id
+
+    def ocpp_call(self, action, payload):
+        raise GenericError(description="the charger is restarting in the central system; try again")
+
+    def ocpp_after(self, action, payload, result):
+        pass
+
+    def ocpp_seen(self, conn):
+        pass
+
+    def ocpp_disconnected(self, conn):
+        pass
 
 
 def _peer(connection) -> str:

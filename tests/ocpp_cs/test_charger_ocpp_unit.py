@@ -575,10 +575,10 @@ def test_a_server_with_a_security_profile_needs_a_password():
         Rig(server=server)
 
 
-def test_stopping_closes_the_connection_and_unregisters():
+def test_stopping_unregisters_and_leaves_the_connection_to_the_server():
     rig = ready(Rig())
     d = rig.charger.apply(10)
     rig.stop()
-    assert rig.conn.closed and rig.server.registered == {}
+    assert not rig.conn.closed and rig.server.registered == {}
     with pytest.raises(NotConnected):
         rig.result(d)

@@ -16,7 +16,8 @@ from cs_rig import (
 )
 from evc.ocpp.bridge import to_deferred
 from evc.ocpp.cs_auth import hash_password
-from evc.ocpp.server import OcppServerConfig, host_port
+from evc.charger.ocpp import OcppCharger
+from evc.ocpp.server import OcppServer, OcppServerConfig, host_port
 from evc.errors import ConfigError
 
 
@@ -238,7 +239,8 @@ async def test_a_dead_connection_is_dropped_by_the_keepalive(site):
 
 
 @asyncio_test
-async def test_a_charger_removed_from_the_config_is_disconnected_and_refused(site):
+async def test_a_charger_removed_from_the_config_is_disconnected_and_refused(site, monkeypatch):
+    monkeypatch.setattr(OcppServer, "park_s", 0.2)
     site.server()
     site.charger("cp1")
     await site.start()
@@ -248,6 +250,28 @@ async def test_a_charger_removed_from_the_config_is_disconnected_and_refused(sit
     await wait(site.delete("charger/cp1"))
     await until(lambda: cp._connection.state.name == "CLOSED", "closed by the server")
     assert await refused_with(open_ws(site.url("cp1"), "cp1")) == 404
+
+
+@asyncio_test
+async def test_a_config_change_restarts_the_charger_without_dropping_the_charge_point(site, monkeypatch):
+    monkeypatch.setattr(OcppCharger, "boot_wait_s", 0.2)
+    site.server()
+    site.charger("cp1", A_max=16)
+    await site.start()
+    cp = await connect_cp(site.url("cp1"), "cp1")
+    await cp.boot()
+    old = site.instance("charger", "cp1")
+    await until(lambda: old.smart == "ok", "set up")
+    await wait(site.put("charger/cp1/config/A_max", 20))
+    await until(lambda: site.instance("charger", "cp1") not in (None, old), "restarted")
+    new = site.instance("charger", "cp1")
+    await until(lambda: new.conn is not None, "the connection handed over")
+    assert cp._connection.state.name == "OPEN"
+    result = await cp.call(call.Heartbeat())
+    assert result.current_time
+    await until(lambda: new.smart == "ok" and len(cp.profiles) >= 2, "set up again on the same connection",
+                timeout_s=new.boot_wait_s + 3)
+    await close_cp(cp)
 
 
 @asyncio_test
