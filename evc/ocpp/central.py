@@ -234,8 +234,9 @@ class CentralConnection:
             self._refuse_unparsed(raw, FormatViolationError(description=f"not valid JSON: {e}"))
             return
         if not isinstance(msg, list) or not msg:
-            log.warn("{cp_id}: dropped a frame that is not a JSON array [type, id, ...]: {head}",
-                     cp_id=self.cp_id, head=raw[:80])
+            # Not the frame's content: it may carry an id tag, and id tags are never logged.
+            log.warn("{cp_id}: dropped a frame of {size} bytes that is not a JSON array [type, id, ...]",
+                     cp_id=self.cp_id, size=size)
             return
         kind = msg[0]
         uid = msg[1] if len(msg) > 1 and isinstance(msg[1], str) else None
@@ -339,7 +340,11 @@ class CentralConnection:
         except OCPPError as e:
             log.info("{cp_id}: {action} answered with CALLERROR {code}: {description}", cp_id=self.cp_id,
                      action=action[:40], code=e.code, description=e.description)
-            await self._send(msg.create_call_error(e).to_json())
+            # The library puts the whole offending message into details; the cause is what the sender needs.
+            cause = e.details.get("cause") if isinstance(e.details, dict) else None
+            reply = CallError(msg.unique_id, e.code, e.description or "",
+                              {"cause": cause} if isinstance(cause, str) else {})
+            await self._send(reply.to_json())
             return
         except Exception:
             log.failure("{cp_id}: handling {action} failed", cp_id=self.cp_id, action=action)
