@@ -577,7 +577,8 @@ class OcppCharger(Instance):
             self._inflight_sent_s = sent_s
             self.ctx.state.set("wanted_A", amps)
         self._refresh_status()
-        d = conn.call("SetChargingProfile", {"connectorId": self.config.connector, "csChargingProfiles": profile})
+        d = conn.call("SetChargingProfile", {"connectorId": self.config.connector, "csChargingProfiles": profile},
+                      priority=True)
         d.addCallbacks(self._pushed, self._push_failed, callbackArgs=(token, which, amps, sent_s),
                        errbackArgs=(token, which, amps))
 

@@ -15,7 +15,8 @@ sees Deferreds only. What a connection does:
   FormatViolation). An action that OCPP 1.6 does not define -> NotImplemented; a 1.6 action that a charge point does
   not send (or that EVC does not handle) -> NotSupported.
 - Outgoing CALLs go through the library's `call()` with its own `response_timeout` (= `call_timeout_s`); it is never
-  wrapped in a shorter timeout (replies would go out of step, DESIGN §8). Only the reply whose id the pending call
+  wrapped in a shorter timeout (replies would go out of step, DESIGN §8). They go out one at a time, in order,
+  except that charging limits (priority) overtake ordinary CALLs that wait. Only the reply whose id the pending call
   waits for is passed to it; anything else (a late reply after a timeout) is logged and dropped, so the next call
   is not confused by it.
 - Keepalive: a websocket ping every `ping_interval_s`; no pong within `ping_timeout_s` drops the connection. Every
@@ -30,6 +31,7 @@ The handler (evc.charger.ocpp.OcppCharger) provides:
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import re
@@ -137,6 +139,9 @@ class CentralConnection:
         self._lib = _Library(cp_id, ws, response_timeout=call_timeout_s, logger=_QUIET)
         self._calls_in: asyncio.Queue = asyncio.Queue()
         self._pending: set[asyncio.Task] = set()
+        self._outbox: list = []                  # heap of (priority, seq, action, payload, future)
+        self._seq = 0
+        self._sender: asyncio.Task | None = None
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -178,6 +183,9 @@ class CentralConnection:
             task.cancel()
         for task in list(self._pending):
             task.cancel()
+        if self._sender is not None:
+            self._sender.cancel()
+        self._fail_outbox()
         try:
             self.handler.ocpp_disconnected(self)
         except Exception:
@@ -373,17 +381,49 @@ class CentralConnection:
 
     # --- CALLs out ---
 
-    def call(self, action: str, payload: dict | None = None) -> defer.Deferred:
+    def call(self, action: str, payload: dict | None = None, priority: bool = False) -> defer.Deferred:
         """Send a CALL (payload in OCPP's camelCase); Deferred[dict] with the CALLRESULT's payload. Fails with
-        OcppCallError (a CALLERROR), CallTimeout or NotConnected."""
+        OcppCallError (a CALLERROR), CallTimeout or NotConnected.
+
+        CALLs go out one at a time (OCPP-J 4.1.1), in order, except that `priority` ones (charging profiles that
+        limit the charge point) go before any waiting ordinary one: a lowered limit never queues behind a long
+        local list or a charge point that is slow to answer a configuration request."""
         if action not in CS_TO_CP:
             return defer.fail(ValueError(f"{action} is not a message a central system sends"))
         if self.closed:
             return defer.fail(NotConnected(f"{self.cp_id} is not connected"))
-        task = asyncio.ensure_future(self._call(action, payload or {}), loop=_loop(self.reactor))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        return to_deferred(task, self.reactor)
+        loop = _loop(self.reactor)
+        fut = loop.create_future()
+        self._seq += 1
+        heapq.heappush(self._outbox, (0 if priority else 1, self._seq, action, payload or {}, fut))
+        if self._sender is None or self._sender.done():
+            self._sender = loop.create_task(self._send_calls())
+        return to_deferred(fut, self.reactor)
+
+    async def _send_calls(self) -> None:
+        while self._outbox:
+            _, _, action, payload, fut = heapq.heappop(self._outbox)
+            if fut.done():          # cancelled while waiting
+                continue
+            try:
+                result = await self._call(action, payload)
+            except asyncio.CancelledError:
+                if not fut.done():
+                    fut.set_exception(NotConnected(f"{self.cp_id}: the connection ended before the reply to "
+                                                   f"{action}"))
+                raise
+            except Exception as e:
+                if not fut.done():
+                    fut.set_exception(e)
+            else:
+                if not fut.done():
+                    fut.set_result(result)
+
+    def _fail_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for *_, action, _, fut in outbox:
+            if not fut.done():
+                fut.set_exception(NotConnected(f"{self.cp_id}: the connection ended before {action} was sent"))
 
     async def _call(self, action: str, payload: dict) -> dict:
         request = getattr(v16_call, action)(**camel_to_snake_case(payload))

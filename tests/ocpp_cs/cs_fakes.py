@@ -38,13 +38,15 @@ class FakeConn:
 
     def __init__(self, auto: dict | None = None):
         self.calls: list[tuple[str, dict, defer.Deferred]] = []
+        self.priorities: list[bool] = []
         self.auto = dict(auto or {})
         self.closed = False
         self.close_reason = ""
 
-    def call(self, action, payload):
+    def call(self, action, payload, priority=False):
         d = defer.Deferred()
         self.calls.append((action, payload, d))
+        self.priorities.append(priority)
         if action in self.auto:
             answer = self.auto[action]
             answer = answer(payload) if callable(answer) else answer

@@ -209,3 +209,41 @@ async def test_a_flood_of_calls_gets_one_answer_each(site):
     assert sorted(r[1] for r in replies) == sorted(ids)
     assert all(r[0] == 3 or r[2] == "GenericError" for r in replies)
     await still_usable(raw)
+
+
+@asyncio_test
+async def test_a_charging_limit_goes_before_calls_that_wait_behind_a_slow_one(site):
+    raw = await client(site, call_timeout_s=5)
+    charger = site.instance("charger", "cp1")
+    conn = charger.conn
+    slow = conn.call("GetConfiguration", {})
+    first = json.loads(await asyncio.wait_for(raw.ws.recv(), 2))
+    ordinary = conn.call("ClearCache", {})
+    limit = conn.call("SetChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        "chargingProfileId": 2, "stackLevel": 1, "chargingProfilePurpose": "TxDefaultProfile",
+        "chargingProfileKind": "Absolute", "chargingSchedule": {
+            "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 6.0}]}}}, priority=True)
+    await raw.send([3, first[1], {"configurationKey": []}])
+    await wait(slow)
+    second = json.loads(await asyncio.wait_for(raw.ws.recv(), 2))
+    assert second[2] == "SetChargingProfile"          # one CALL at a time, the limit first
+    await raw.send([3, second[1], {"status": "Accepted"}])
+    assert await wait(limit) == {"status": "Accepted"}
+    third = json.loads(await asyncio.wait_for(raw.ws.recv(), 2))
+    assert third[2] == "ClearCache"
+    await raw.send([3, third[1], {"status": "Accepted"}])
+    assert await wait(ordinary) == {"status": "Accepted"}
+
+
+@asyncio_test
+async def test_calls_waiting_when_the_connection_ends_fail_as_not_connected(site):
+    from evc.ocpp.central import NotConnected
+    raw = await client(site, call_timeout_s=5)
+    conn = site.instance("charger", "cp1").conn
+    in_flight = conn.call("GetConfiguration", {})
+    waiting = conn.call("ClearCache", {})
+    await asyncio.wait_for(raw.ws.recv(), 2)
+    await raw.close()
+    for d in (in_flight, waiting):
+        with pytest.raises(NotConnected):
+            await wait(d)
