@@ -117,7 +117,7 @@ def token(status="Accepted", expiry=None, chargers="*", parent_id_tag=None):
 class Rig:
     """One charger/ocpp instance on a task.Clock with a fake server, an in-memory store and a token list."""
 
-    def __init__(self, store=None, clock=None, server=None, tokens=None, fronts=None, **config):
+    def __init__(self, store=None, clock=None, server=None, tokens=None, fronts=None, meters=None, **config):
         self.clock = clock or task.Clock()
         if clock is None:
             self.clock.advance(T0)
@@ -134,6 +134,8 @@ class Rig:
         def resolve(kind, name):
             if kind == "server":
                 return self.server
+            if kind == "meter" and name in (meters or {}):
+                return meters[name]
             raise ConfigError(f"{kind} {name!r} is not running")
 
         def find(kind):

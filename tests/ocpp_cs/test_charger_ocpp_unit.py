@@ -582,3 +582,37 @@ def test_stopping_unregisters_and_leaves_the_connection_to_the_server():
     assert not rig.conn.closed and rig.server.registered == {}
     with pytest.raises(NotConnected):
         rig.result(d)
+
+
+def test_a_charger_meter_replaces_the_charge_points_own_currents():
+    from zope.interface import implementer
+    from evc.meter.base import IMeter, Reading
+
+    @implementer(IMeter)
+    class Meter:
+        reading = Reading(A=(1.0, 2.0, 3.0), updated=T0, stale=False)
+        callbacks = []
+
+        def subscribe(self, cb):
+            self.callbacks.append(cb)
+            return lambda: None
+
+    meter = Meter()
+    rig = ready(Rig(meters={"m1": meter}, meter="m1", phases=1, phase_map=["L3"]))
+    rig.handle("MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": "2026-01-01T10:00:00Z",
+                                                                 "sampledValue": [{"value": "9", "phase": "L1",
+                                                                                   "measurand": "Current.Import"}]}]})
+    assert rig.charger.status.actual_A == (3.0,)
+    meter.reading = Reading(A=(1.0, 2.0, 7.5), updated=T0 + 1, stale=False)
+    for cb in meter.callbacks:
+        cb(meter.reading)
+    assert rig.charger.status.actual_A == (7.5,) and rig.state.values["actual_A/L3"] == 7.5
+    meter.reading = Reading(A=(1.0, 2.0, 7.5), updated=T0 + 1, stale=True)
+    for cb in meter.callbacks:
+        cb(meter.reading)
+    assert rig.charger.status.actual_A == (None,)
+
+
+def test_a_meter_that_gives_no_readings_is_refused_naming_the_leaf():
+    with pytest.raises(ConfigError, match="^config/meter:"):
+        Rig(meters={"m1": object()}, meter="m1")
