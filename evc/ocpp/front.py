@@ -30,6 +30,7 @@ from evc.control.builtin import ICapSource
 from evc.errors import ConfigError
 from evc.instance import Instance
 from evc.ocpp.front_charger import BridgedCharger
+from evc.ocpp.outbox import Writer
 from evc.registry import FRONTS
 
 log = Logger(namespace="evc.ocpp.front")
@@ -102,6 +103,8 @@ class OcppFront(Instance):
         super().__init__(ctx, config)
         self.bridged: dict[str, BridgedCharger] = {}
         self.rng = random.Random()
+        # One writer for every charger's outbox: their writes are batched into few etcd transactions.
+        self.writer = Writer(ctx.store, ctx.clock, label=ctx.key) if ctx.store is not None else None
         self._unsubs: list = []
         self._grace: dict[str, Any] = {}
 
@@ -135,7 +138,10 @@ class OcppFront(Instance):
                 call.cancel()
         self._grace = {}
         stops = [self._remove(name) for name in list(self.bridged)]
-        return defer.DeferredList(stops).addCallback(lambda _: None)
+        d = defer.DeferredList(stops)
+        if self.writer is not None:
+            d.addCallback(lambda _: self.writer.stop())
+        return d.addCallback(lambda _: None)
 
     def _add(self, name: str, inst) -> None:
         if not ICharger.providedBy(inst):

@@ -52,6 +52,9 @@ HANDLED = ("RemoteStartTransaction", "RemoteStopTransaction", "ChangeAvailabilit
            "TriggerMessage", "GetConfiguration", "ChangeConfiguration", "DataTransfer", "SetChargingProfile",
            "ClearChargingProfile", "GetCompositeSchedule", "ClearCache")
 TRIGGERABLE = ("BootNotification", "Heartbeat", "MeterValues", "StatusNotification")
+# Accepted messages whose removal from the outbox may be unwritten while the next ones go out: what a crash could
+# make EVC send a second time (see docs/front-ocpp.md, "exactly once").
+MAX_UNWRITTEN_REMOVALS = 32
 
 
 def ocpp_status(status: Optional[ChargerStatus], session: Optional[Session], plugged_after_end: bool,
@@ -108,7 +111,7 @@ class BridgedCharger:
         self.charger = None
         self.keys: dict[str, int] = {key: int(getattr(self.cfg, field)) for key, (field, _) in WRITABLE_KEYS.items()}
         self.outbox = Outbox(self.ctx.store, self.ctx.data_key(f"outbox/{name}"), self.clock,
-                             on_ready=self._pump, label=self.label)
+                             on_ready=self._pump, writer=front.writer, label=self.label)
         identity = self.cfg.identity.replace("{name}", name)
         self.link = Link(self, LinkSettings(
             url=self.cfg.url, identity=identity, password=self.cfg.password, ca_file=self.cfg.ca_file,
@@ -128,6 +131,7 @@ class BridgedCharger:
         self.given_up = 0
         self._status_busy = False
         self._sending = False
+        self._pumping = False
         self._retry_call = None
         self._cap_call = None
         self._sample_call = None
@@ -479,24 +483,40 @@ class BridgedCharger:
     # -- the outbox sender --
 
     def _pump(self) -> None:
-        if self._sending or self._stopped or not self.link.accepted:
+        # Re-entered from the outbox's write callbacks (a store that answers at once): the running loop goes on.
+        if self._pumping:
             return
-        if self._retry_call is not None and self._retry_call.active():
-            return
-        entry = self.outbox.head()
-        if entry is None:
-            return
-        payload = dict(entry.payload)
-        if entry.action in ("StopTransaction", "MeterValues"):
-            rec = self.records.get(entry.session or "")
-            tx = rec.get("transaction_id") if rec is not None else None
-            if tx is None:
-                self._give_up(entry, "no transactionId: its StartTransaction was not accepted by the backend")
+        self._pumping = True
+        try:
+            self._pump_loop()
+        finally:
+            self._pumping = False
+
+    def _pump_loop(self) -> None:
+        while True:
+            if self._sending or self._stopped or not self.link.accepted:
                 return
-            payload["transactionId"] = tx
-        self._sending = True
-        d = self.link.call(entry.action, payload)
-        d.addCallbacks(self._sent, self._send_failed, callbackArgs=(entry,), errbackArgs=(entry,))
+            if self._retry_call is not None and self._retry_call.active():
+                return
+            if self.outbox.unwritten > MAX_UNWRITTEN_REMOVALS:
+                return                 # the outbox's next write calls _pump again
+            entry = self.outbox.head()
+            if entry is None:
+                return
+            payload = dict(entry.payload)
+            if entry.action in ("StopTransaction", "MeterValues"):
+                rec = self.records.get(entry.session or "")
+                tx = rec.get("transaction_id") if rec is not None else None
+                if tx is None:
+                    # A loop, not a recursion: an hour of meter values may follow a start that was given up.
+                    self._give_up(entry, "no transactionId: its StartTransaction was not accepted by the backend",
+                                  go_on=False)
+                    continue
+                payload["transactionId"] = tx
+            self._sending = True
+            d = self.link.call(entry.action, payload)
+            d.addCallbacks(self._sent, self._send_failed, callbackArgs=(entry,), errbackArgs=(entry,))
+            return
 
     def _sent(self, result: dict, entry) -> None:
         also: list = []
@@ -522,9 +542,11 @@ class BridgedCharger:
             also.append(Delete(self.ctx.data_key(f"transactions/{entry.session}")))
         if entry.queued_s is not None:
             self.delivered.append((entry.action, self.clock.seconds() - entry.queued_s))
-        self.outbox.remove(entry, also).addBoth(self._removed)
+        self.outbox.remove(entry, also)
+        self._next()
 
-    def _removed(self, _) -> None:
+    def _next(self) -> None:
+        # The removal is on its way to the store, in queue order; the next message need not wait for it.
         self._sending = False
         self._state("outbox", len(self.outbox))
         self._pump()
@@ -551,7 +573,7 @@ class BridgedCharger:
         self._retry_call = None
         self._pump()
 
-    def _give_up(self, entry, why: str) -> None:
+    def _give_up(self, entry, why: str, go_on: bool = True) -> None:
         self.given_up += 1
         also: list = []
         rec = self.records.get(entry.session or "")
@@ -565,8 +587,11 @@ class BridgedCharger:
                   action=entry.action, seq=entry.seq, id=entry.session, why=why)
         self._state("given_up", self.given_up)
         self._state("last_given_up", f"{entry.action} #{entry.seq}: {why}")
-        self._sending = True
-        self.outbox.remove(entry, also).addBoth(self._removed)
+        self.outbox.remove(entry, also)
+        if go_on:
+            self._next()
+        else:
+            self._state("outbox", len(self.outbox))
 
     # -- status --
 

@@ -423,3 +423,36 @@ def test_stored_transaction_records_name_the_session_and_the_transaction():
     rig.link.answer("StartTransaction", {"transactionId": 77, "idTagInfo": {"status": "Accepted"}})
     raw = rig.store.range(f"/evc/t/front/up/data/transactions/{sid}").result.kvs[0].value
     assert json.loads(raw)["transaction_id"] == 77 and rig.state("transaction_id") == 77
+
+
+def test_a_start_given_up_takes_a_long_backlog_of_its_meter_values_with_it():
+    rig = Rig(transaction_message_attempts=1, meter_value_sample_interval_s=1)
+    rig.restart(link_state="offline")
+    rig.session()
+    for _ in range(1500):
+        rig.clock.advance(1)
+    rig.charger.unplug()
+    assert len(rig.bridged.outbox) == 1502
+    rig.link.state = "accepted"
+    rig.bridged.booted()
+    rig.link.fail("StartTransaction")
+    assert len(rig.bridged.outbox) == 0 and rig.bridged.given_up == 1502
+    assert rig.link.pending("MeterValues") == [] and rig.link.pending("StopTransaction") == []
+
+
+def test_the_next_message_goes_out_before_the_removal_is_written_but_only_so_many():
+    rig = Rig(meter_value_sample_interval_s=1)
+    rig.session()
+    rig.link.answer("StartTransaction", {"transactionId": 1, "idTagInfo": {"status": "Accepted"}})
+    for _ in range(100):
+        rig.clock.advance(1)
+    rig.store.available = False                  # removals cannot be written now
+    for _ in range(60):
+        rig.link.answer("MeterValues")
+        if not rig.link.pending("MeterValues"):
+            break
+    answered = len([1 for a, p, d in rig.link.calls if a == "MeterValues" and d.called])
+    assert 30 <= answered <= 34                  # MAX_UNWRITTEN_REMOVALS, then it waits for the store
+    rig.store.available = True
+    rig.clock.advance(60)
+    assert rig.link.pending("MeterValues")       # and goes on once the store took them

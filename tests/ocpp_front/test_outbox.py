@@ -7,7 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
-from evc.ocpp.outbox import Outbox
+from evc.ocpp.outbox import Outbox, Writer
 from evc.store.etcd import EtcdStore
 from evc.store.interface import Put
 from evc.store.memory import MemoryStore
@@ -24,15 +24,13 @@ def _loaded(store, clock, **kw):
 def test_a_message_is_offered_only_once_it_is_in_the_store():
     clock = task.Clock()
     store = MemoryStore()
-    store.available = False
     ready = []
-    box = Outbox(store, PREFIX, clock, on_ready=lambda: ready.append(1))
-    store.available = True
+    box = Outbox(store, PREFIX, clock, on_ready=lambda: ready.append(1), retry_s=0.5)
     box.load()
     store.available = False
     entry = box.append("StartTransaction", {"connectorId": 1}, "sess1")
     assert box.head() is None and len(box) == 1          # queued, not written: may not be sent yet
-    clock.advance(box.retry_s)
+    clock.advance(0.5)
     assert box.head() is None
     store.available = True
     clock.advance(10)
@@ -40,6 +38,25 @@ def test_a_message_is_offered_only_once_it_is_in_the_store():
     kv = store.range(box.key(entry.seq)).result.kvs
     assert json.loads(kv[0].value) == {"action": "StartTransaction", "payload": {"connectorId": 1},
                                        "session": "sess1", "queued": None}
+
+
+def test_outboxes_sharing_a_writer_are_written_together_each_in_its_order():
+    clock = task.Clock()
+    store = MemoryStore()
+    writer = Writer(store, clock)
+    boxes = [Outbox(store, f"{PREFIX}{i}", clock, writer=writer) for i in range(3)]
+    for box in boxes:
+        box.load()
+    store.available = False
+    for n in range(4):
+        for box in boxes:
+            box.append("MeterValues", {"n": n}, "s")
+    store.available = True
+    clock.advance(1)
+    assert writer.txns == 2                                 # the first (failed) try and one batch with all twelve
+    for box in boxes:
+        assert [e.payload["n"] for e in box.entries] == [0, 1, 2, 3] and box.head() is box.entries[0]
+        assert box.unwritten == 0
 
 
 def test_store_failures_retry_with_growing_delays_and_keep_the_order():
