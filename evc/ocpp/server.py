@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from evc.errors import ConfigError
 from evc.instance import Instance
 from evc.ocpp import cs_auth
-from evc.ocpp.bridge import loop as asyncio_loop, to_deferred
+from evc.ocpp.bridge import to_deferred
 from evc.ocpp.central import HARD_LIMIT_FACTOR, SUBPROTOCOL, CentralConnection
 from evc.registry import SERVERS
 from evc.store.interface import Compare, Put

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import ssl as ssl_module
 import uuid
 
 import websockets
@@ -307,8 +306,3 @@ class RawClient:
 
     async def close(self) -> None:
         await self.ws.close()
-
-
-def client_ssl_context(ca_file: str) -> ssl_module.SSLContext:
-    ctx = ssl_module.create_default_context(cafile=ca_file)
-    return ctx

@@ -1,4 +1,4 @@
-"""Bad input from a charge point: each case gets the right answer (or is dropped and logged) and the connection lives."""
+"""Bad input from a charge point: each case gets the right answer (or is dropped and logged); the connection lives."""
 import asyncio
 import json
 
