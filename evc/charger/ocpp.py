@@ -304,7 +304,8 @@ class OcppCharger(Instance):
                                "cp_id": self.cp_id, "smart_charging": self.smart})
         self.sessions.start()
         d = defer.ensureDeferred(self._load())
-        d.addBoth(self._loaded.callback)
+        d.addErrback(lambda f: log.failure("{charger}: reading data/ failed", f, charger=self.ctx.key))
+        d.addBoth(lambda _: self._loaded.callback(None))   # without its data the charger still works
 
     def stopService(self):
         super().stopService()
@@ -619,13 +620,14 @@ class OcppCharger(Instance):
     def _push_failed(self, failure, token, which: str, amps: float) -> None:
         if token is not self._push_token:
             return None
-        self._push_token = None
-        self._inflight_A = None
         if failure.check(OcppCallError):
+            self._push_token = None
+            self._inflight_A = None          # refused: it did not land
             e = failure.value
             self._reject(f"SetChargingProfile ({which} profile) answered CALLERROR {e.code}"
                          + (f": {e.description}" if e.description else ""))
             return None
+        self._forget_push()                  # no answer: it may have landed all the same
         if not failure.check(CallTimeout, NotConnected):
             log.failure("{charger}: SetChargingProfile failed", failure, charger=self.ctx.key)
         self._fail_waiters(failure.value)

@@ -223,6 +223,17 @@ def test_a_profile_without_reply_is_retried_with_backoff_and_the_newest_value():
     assert rig.conn.pending("SetChargingProfile")
 
 
+def test_a_profile_without_reply_still_counts_until_a_newer_one_is_accepted():
+    rig = ready(Rig(failsafe_A=6))
+    rig.charger.apply(14)
+    rig.conn.answer("SetChargingProfile", CallTimeout("no reply"))
+    assert rig.charger.status.setpoint_A == 14           # the charge point may hold it
+    rig.charger.apply(8)
+    rig.clock.advance(rig.charger.retry_min_s)
+    rig.conn.answer("SetChargingProfile", ACCEPTED)
+    assert rig.charger.status.setpoint_A == 8
+
+
 def test_a_reply_from_an_old_connection_changes_nothing_but_its_value_counts_until_confirmed():
     rig = ready(Rig(profile_validity_s=30))
     old = rig.conn
