@@ -182,6 +182,7 @@ def _terminate(proc: subprocess.Popen) -> None:
 
 def measure(server, n: int, args) -> dict:
     url = server.start()
+    gen = None
     try:
         pid = server.proc.pid
         time.sleep(0.5)            # let start-up allocations settle before the "before" RSS (not a result wait)
@@ -199,7 +200,10 @@ def measure(server, n: int, args) -> dict:
         cpu_before = cpu_s(pid)
         gen.stdin.write("go\n")
         gen.stdin.flush()
-        out, _ = gen.communicate(timeout=args.rate_s + args.saturate_s + 120)
+        try:
+            out, _ = gen.communicate(timeout=args.rate_s + args.saturate_s + 120)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError("the load generator did not finish in time") from None
         result = json.loads(out.strip().splitlines()[-1])
         result["cpu_s"] = round(cpu_s(pid) - cpu_before, 2)
         result["rss_before_kB"] = rss_before
@@ -208,6 +212,9 @@ def measure(server, n: int, args) -> dict:
         result["server_alive"] = server.proc.poll() is None
         return result
     finally:
+        if gen is not None and gen.poll() is None:
+            gen.kill()
+            gen.wait()
         server.stop()
 
 
