@@ -476,6 +476,9 @@ def test_profile_stacks_recurrence_and_validity_without_a_network():
                                                                        {"start_period": 0, "limit": 2300,
                                                                         "number_phases": 1}]}}, T0))
     assert [p.id for p in store.profiles] == [9]
+    sim.profiles = store                            # 2300 W on one phase = 10 A, on one phase, in W again
+    assert sim.composite_schedule(1, 600, "W") == [{"startPeriod": 0, "limit": 2300.0, "numberPhases": 1}]
+    assert sim.composite_schedule(1, 600, "A") == [{"startPeriod": 0, "limit": 10.0, "numberPhases": 1}]
     with pytest.raises(ProfileError, match="startPeriod"):
         Profile.from_payload(0, {"charging_profile_id": 1, "stack_level": 0, "charging_profile_purpose": "TxProfile",
                                  "charging_profile_kind": "Absolute", "charging_schedule": {
@@ -529,12 +532,19 @@ async def test_configuration_keys_read_change_and_refuse(rig):
                                ("AuthorizationKey", "short", "Rejected"),
                                ("AuthorizationKey", "0123456789abcdef0123", "Accepted"),
                                ("LocalPreAuthorize", "TRUE", "Accepted"),
-                               ("HeartbeatInterval", "5", "Accepted")]:
+                               ("HeartbeatInterval", "5", "Accepted"),
+                               ("ClockAlignedDataInterval", "15", "Accepted")]:
         assert (await rig.cs.ask(call.ChangeConfiguration(key=key, value=value))).status == status, key
     assert sim.password == "0123456789abcdef0123"
     assert sim.config.bool("LocalPreAuthorize")
     step(sim.clock, 5)
     await until(lambda: rig.cs.sent("Heartbeat"), "heartbeat on the new interval")
+    step(sim.clock, 5)                                # T0 + 10 is a multiple of 15 s: clock-aligned data
+    await until(lambda: rig.cs.sent("MeterValues"), "clock-aligned meter values")
+    sampled = rig.cs.sent("MeterValues")[0]["meter_value"][0]
+    assert sampled["timestamp"] == at(T0 + 10) and (T0 + 10) % 15 == 0
+    assert [(v["measurand"], v["context"]) for v in sampled["sampled_value"]] == \
+        [("Energy.Active.Import.Register", "Sample.Clock")]
 
 
 @pytest_twisted.ensureDeferred
