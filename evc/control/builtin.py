@@ -413,6 +413,15 @@ class BuiltinControl(Instance):
             setpoint = max(accepted, asked or 0)     # it may still apply either: count the larger
         measured = self._draws.get(name, st.actual_A)[:phases]
         draw = tuple(float(a) for a in measured) if len(measured) == phases and None not in measured else None
+        if draw is not None and getattr(cfg, "meter", None) == self.config.meter:
+            # Metered by the grid meter itself: its "draw" is every load on those phases, so nothing can be
+            # attributed to the car (docs/control.md, "A charger metered by the grid meter").
+            draw = None
+        if draw is not None:
+            # A car draws at most what its charger may offer. A reading of the charger's own meter taken before a
+            # decrease landed would otherwise make the other loads look smaller than they are (and allow a raise).
+            bound = max(0.0, float(st.setpoint_A))
+            draw = tuple(min(a, bound) for a in draw)
         stale = st.updated is not None and now - st.updated > self.config.stale_s
         try:
             return ChargerInput(name=name, wants=wants, priority=int(getattr(cfg, "priority", 0) or 0),

@@ -65,6 +65,7 @@ class ChargerConfig:
     phases: int = 3
     phase_map: tuple = PHASES
     priority: int = 0
+    meter: str | None = None
 
 
 @implementer(ICharger)
@@ -644,3 +645,28 @@ def test_under_the_supervisor_a_meter_that_is_not_configured_keeps_a_new_control
     assert ("control", "other") not in sup.instances and ("control", "master") in sup.instances
     err = store.range(f"{ROOT}/control/other/state/error").result.kvs
     assert err and err[0].value.decode() == "config/meter: meter 'nosuch' is not configured"
+
+
+def test_a_charger_metered_by_the_grid_meter_has_no_draw_of_its_own():
+    """Its meter's current is every load on the phases: none of it may be taken for the car, or the other loads
+    would vanish from the base load and control would over-allocate."""
+    site = Site({"a": dict(setpoint_A=16, meter="m1")}, A_max=32, interval_s=60)
+    control = site.start()
+    site.read(base=(10, 10, 10))                    # the grid meter: 10 A other load + 16 A car
+    assert control.last.base_A.L1 == 26             # all of it counts as other load
+    assert max(site.chargers["a"].writes, default=16) <= 16
+
+
+def test_a_draw_read_before_a_decrease_landed_does_not_shrink_the_base_load():
+    """The charger's own meter lags the grid meter: after a lowering to 11 A it may still say 20 A. A car cannot
+    draw more than its charger offers, so the base load is taken as at least grid - 11."""
+    site = Site({"a": dict(setpoint_A=20, A_max=32)}, A_max=25, interval_s=60, min_on_s=0, min_off_s=0)
+    control = site.start()
+    site.read(base=(4, 4, 4))
+    c = site.chargers["a"]
+    site.read(base=(14, 12, 13))                    # a heat pump starts: control lowers a
+    assert c.status.setpoint_A == 11
+    c.set(actual_A=(20.0, 20.0, 20.0))              # ... but its own meter has not caught up yet
+    site.read(base=(14, 12, 13))                    # the grid sees 14 + 11 on L1
+    assert control.last.base_A.L1 >= 14
+    assert c.writes[-1] <= 11                       # no raise on the strength of the stale 20 A
