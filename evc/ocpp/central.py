@@ -35,6 +35,7 @@ import heapq
 import json
 import logging
 import re
+import uuid
 from typing import Any
 
 from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
@@ -110,14 +111,9 @@ class OcppCallError(Exception):
 class _Library(_V16ChargePoint):
     """The library's charge point object, used for its call(): lock, validation, response timeout."""
 
-    awaiting: str | None = None       # the id of the CALL whose reply call() waits for
-
-    async def _get_specific_response(self, unique_id, timeout):
-        self.awaiting = unique_id
-        try:
-            return await super()._get_specific_response(unique_id, timeout)
-        finally:
-            self.awaiting = None
+    # The id of the CALL whose reply call() waits for. Set before the frame goes out: a quick charge point may answer
+    # before websockets' send() returns.
+    awaiting: str | None = None
 
 
 class CentralConnection:
@@ -427,8 +423,10 @@ class CentralConnection:
 
     async def _call(self, action: str, payload: dict) -> dict:
         request = getattr(v16_call, action)(**camel_to_snake_case(payload))
+        uid = str(uuid.uuid4())
+        self._lib.awaiting = uid       # calls run one at a time (_send_calls): no other call waits meanwhile
         try:
-            result = await self._lib.call(request, suppress=False)
+            result = await self._lib.call(request, suppress=False, unique_id=uid)
         except asyncio.CancelledError:
             if self.closed:
                 raise NotConnected(f"{self.cp_id}: the connection ended before the reply to {action}") from None
@@ -441,6 +439,8 @@ class CentralConnection:
             raise OcppCallError("GenericError", str(e)) from None
         except ConnectionClosed:
             raise NotConnected(f"{self.cp_id}: the connection ended while sending {action}") from None
+        finally:
+            self._lib.awaiting = None
         return snake_to_camel_case(remove_nones(serialize_as_dict(result)))
 
 
