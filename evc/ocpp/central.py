@@ -330,8 +330,10 @@ class CentralConnection:
             if action not in CP_TO_CS:
                 raise NotSupportedError(description=f"{action} is not a message a central system accepts")
             await validate_payload(msg, OCPP_VERSION)
-            result = await from_deferred(defer.maybeDeferred(self.handler.ocpp_call, action, msg.payload),
-                                         self.reactor)
+            # Shielded: a connection that drops while a CALL is handled (a StartTransaction that allocated its id)
+            # must not cut the handler off half-way; its answer is simply not sent, the charge point resends.
+            result = await asyncio.shield(from_deferred(
+                defer.maybeDeferred(self.handler.ocpp_call, action, msg.payload), self.reactor))
             response = msg.create_call_result(result)
             try:
                 await validate_payload(response, OCPP_VERSION)

@@ -247,3 +247,32 @@ async def test_calls_waiting_when_the_connection_ends_fail_as_not_connected(site
     for d in (in_flight, waiting):
         with pytest.raises(NotConnected):
             await wait(d)
+
+
+@asyncio_test
+async def test_a_start_transaction_cut_off_by_a_dropped_connection_completes_and_its_resend_gets_the_same_id(site):
+    from twisted.internet import defer
+    raw = await client(site)
+    site.token("T")
+    await until(lambda: site.instance("token", "T"), "token")
+    server = site.instance("server", "cs")
+    hold, allocate = defer.Deferred(), server.allocate_transaction_id
+    calls = []
+
+    def held():
+        calls.append(1)
+        return hold.addCallback(lambda _: allocate())
+    server.allocate_transaction_id = held
+    start = {"connectorId": 1, "idTag": "T", "meterStart": 10, "timestamp": "2026-01-01T00:00:00Z"}
+    await raw.send([2, "s1", "StartTransaction", start])
+    await until(lambda: calls, "the allocation under way")
+    await raw.close()
+    charger = site.instance("charger", "cp1")
+    await until(lambda: charger.conn is None, "disconnected")
+    hold.callback(None)
+    await until(lambda: charger.tx is not None, "the transaction recorded all the same")
+    raw2 = await RawClient.open(site.url("cp1"), "cp1")
+    reply = await raw2.call("StartTransaction", start)
+    assert reply[2]["transactionId"] == charger.tx["transaction_id"] and len(calls) == 1
+    assert charger.sessions.session is not None and charger.sessions.session.authorized
+    await raw2.close()
