@@ -31,6 +31,7 @@ The handler (evc.charger.ocpp.OcppCharger) provides:
 from __future__ import annotations
 
 import asyncio
+import decimal
 import heapq
 import json
 import logging
@@ -443,7 +444,18 @@ class CentralConnection:
             raise NotConnected(f"{self.cp_id}: the connection ended while sending {action}") from None
         finally:
             self._lib.awaiting = None
-        return snake_to_camel_case(remove_nones(serialize_as_dict(result)))
+        return _plain(snake_to_camel_case(remove_nones(serialize_as_dict(result))))
+
+
+def _plain(value):
+    """The library parses some replies' numbers (GetCompositeSchedule limits) as Decimal: plain floats outside."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _loop(reactor):

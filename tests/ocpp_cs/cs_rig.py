@@ -236,7 +236,10 @@ class LibChargePoint(ChargePoint):
     @on(Action.get_composite_schedule)
     def on_composite(self, connector_id, duration, charging_rate_unit=None):
         self._record("GetCompositeSchedule", connector_id=connector_id, duration=duration)
-        return call_result.GetCompositeSchedule(status="Accepted", connector_id=connector_id)
+        return call_result.GetCompositeSchedule(
+            status="Accepted", connector_id=connector_id, schedule_start="2026-01-01T00:00:00Z",
+            charging_schedule={"chargingRateUnit": "A", "duration": duration,
+                               "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10.5}]})
 
     @on(Action.data_transfer)
     def on_data_transfer(self, vendor_id, message_id=None, data=None):

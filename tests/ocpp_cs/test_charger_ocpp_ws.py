@@ -1,5 +1,7 @@
 """charger/ocpp over real websockets with a charge point written with the ocpp library: messages EVC sends, and a
 charge point that refuses profiles as control sees it."""
+import json
+
 import pytest
 import pytest_twisted
 from ocpp.v16 import call
@@ -54,6 +56,10 @@ async def test_every_message_for_the_charge_point_arrives_and_its_answer_comes_b
     assert answers["UnlockConnector"] == {"status": "Unlocked"}
     assert answers["GetLocalListVersion"] == {"listVersion": 50}
     assert answers["DataTransfer"] == {"status": "Accepted", "data": "pong"}
+    composite = answers["GetCompositeSchedule"]
+    limit = composite["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"]
+    assert limit == 10.5 and type(limit) is float          # the library's Decimal does not leak out
+    json.dumps(answers)
     received = dict(cp.received)
     assert received["RemoteStopTransaction"] == {"transaction_id": started.transaction_id}
     assert received["ChangeAvailability"] == {"connector_id": 1, "type": "Inoperative"}
