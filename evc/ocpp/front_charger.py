@@ -233,7 +233,7 @@ class BridgedCharger:
                          charger=self.label, error=str(e))
         self.inoperative = bool(avail.kvs) and avail.kvs[0].value.decode().strip('"') == "Inoperative"
         self._started = True
-        self.link.heartbeat_s = self.keys["HeartbeatInterval"] or self.cfg.heartbeat_s
+        self.link.heartbeat_s = self.keys["HeartbeatInterval"]
         if self.ctx.events is not None:
             self._unsubs_events.append(self.ctx.events.subscribe(("session", self.name), self._on_session))
         self._reconcile()
@@ -302,7 +302,8 @@ class BridgedCharger:
     def after(self, action: str, **kw) -> None:
         if action == "RemoteStartTransaction" and self._remote is not None:
             id_tag, self._remote = self._remote, None
-            self.charger.authorize(id_tag)
+            if self.charger is not None:
+                self.charger.authorize(id_tag)
         elif action == "RemoteStopTransaction" and self._remote is not None:
             self._remote = None
             self._end_session("Remote")
@@ -662,7 +663,9 @@ class BridgedCharger:
             if timer.active():
                 timer.cancel()
             if not answer.called:
-                answer.callback(self.front.offline_answer(self.name, f.getErrorMessage()))
+                # The code only: a backend's error text may repeat the token, which is never logged.
+                why = f"Authorize: {f.value.code}" if f.check(CallFailed) else f"Authorize: {type(f.value).__name__}"
+                answer.callback(self.front.offline_answer(self.name, why))
 
         # The call is never cancelled (its answer would arrive out of step): a late answer is ignored.
         self.link.call("Authorize", {"idTag": id_tag}).addCallbacks(got, failed)
@@ -730,17 +733,21 @@ class BridgedCharger:
         self._status_changed()
 
     def _end_session(self, reason: str) -> bool:
-        """Stop the charger's open session (RemoteStop, a refused token); False when the charger cannot."""
-        done = False
+        """Stop the charger's open session (RemoteStop, a refused token); False when the charger cannot be stopped.
+
+        Only a charger EVC can deauthorize (it then stops offering current) is stopped: ending the session record
+        alone would leave a charger that decides by itself (an OCPP charger) charging while EVC reports it stopped.
+        """
         deauthorize = getattr(self.charger, "deauthorize", None)
-        if callable(deauthorize):
-            deauthorize()
-            done = True
+        if not callable(deauthorize):
+            log.warn("{charger}: cannot stop the session ({reason}): this charger type cannot be deauthorized",
+                     charger=self.label, reason=reason)
+            return False
         tracker = self.tracker
         if tracker is not None and tracker.session is not None:
-            tracker.end(reason)
-            done = True
-        return done
+            tracker.end(reason)        # first, so the session ends with this reason, not the charger's own
+        deauthorize()
+        return True
 
     # -- commands from the backend: each returns the ocpp call_result --
 
@@ -774,7 +781,7 @@ class BridgedCharger:
         s = self.session
         if rec is None or s is None or rec.get("transaction_id") != transaction_id:
             return r.RemoteStopTransaction(status="Rejected")
-        if not (callable(getattr(self.charger, "deauthorize", None)) or self.tracker is not None):
+        if not callable(getattr(self.charger, "deauthorize", None)):
             return r.RemoteStopTransaction(status="Rejected")
         self._remote = transaction_id
         return r.RemoteStopTransaction(status="Accepted")

@@ -19,6 +19,7 @@ from evc.etcdserver import free_port
 from evc.events import EventBus
 from evc.instance import Context
 from evc.ocpp.front import OcppFront, OcppFrontConfig
+from evc.ocpp.front_link import CallFailed, LinkDown
 from evc.session import SessionTracker
 from evc.testing import wait_for
 
@@ -190,6 +191,63 @@ class FakeCharger:
 
     def unplug(self):
         self.set(vehicle="none", setpoint_A=0, actual_A=(0.0, 0.0, 0.0))
+
+
+class FakeLink:
+    """Stands in for front_link.Link: records calls; the test answers them."""
+
+    def __init__(self, state="accepted"):
+        self.state = state
+        self.calls: list[tuple[str, dict, defer.Deferred]] = []
+        self.reconnects: list[str] = []
+        self.heartbeat_s = None
+
+    @property
+    def accepted(self):
+        return self.state == "accepted"
+
+    def start(self):
+        pass
+
+    def stop(self):
+        return defer.succeed(None)
+
+    def call(self, action, payload):
+        if not self.accepted:
+            return defer.fail(LinkDown("not connected"))
+        d = defer.Deferred()
+        self.calls.append((action, payload, d))
+        return d
+
+    def reconnect(self, why):
+        self.reconnects.append(why)
+
+    def set_heartbeat(self, s):
+        self.heartbeat_s = s
+
+    def boot_now(self):
+        pass
+
+    def heartbeat_now(self):
+        return self.call("Heartbeat", {})
+
+    # test side
+    def pending(self, action=None):
+        return [(a, p, d) for a, p, d in self.calls if not d.called and (action is None or a == action)]
+
+    def answer(self, action, result=None):
+        a, p, d = self.pending(action)[0]
+        d.callback(result if result is not None else {})
+        return p
+
+    def fail(self, action, code="InternalError"):
+        a, p, d = self.pending(action)[0]
+        d.errback(CallFailed(action, code))
+        return p
+
+    def answer_all_status(self):
+        while self.pending("StatusNotification"):
+            self.answer("StatusNotification")
 
 
 class Site:

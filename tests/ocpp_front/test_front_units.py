@@ -4,75 +4,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import task
 
 from evc.auth import AuthResult
 from evc.charger.base import ChargerStatus
 from evc.ocpp.front import OcppFront, OcppFrontConfig
 from evc.ocpp.front_charger import BridgedCharger, ocpp_status
-from evc.ocpp.front_link import CallFailed, LinkDown
+from evc.ocpp.front_link import LinkDown
 from evc.session import Session
 from evc.store.memory import MemoryStore
-from front_helpers import FakeCharger, Site
+from front_helpers import FakeCharger, FakeLink, Site
 
 T0 = 1_795_000_000.0
-
-
-class FakeLink:
-    """Stands in for front_link.Link: records calls; the test answers them."""
-
-    def __init__(self, state="accepted"):
-        self.state = state
-        self.calls: list[tuple[str, dict, defer.Deferred]] = []
-        self.reconnects: list[str] = []
-        self.heartbeat_s = None
-
-    @property
-    def accepted(self):
-        return self.state == "accepted"
-
-    def start(self):
-        pass
-
-    def stop(self):
-        return defer.succeed(None)
-
-    def call(self, action, payload):
-        if not self.accepted:
-            return defer.fail(LinkDown("not connected"))
-        d = defer.Deferred()
-        self.calls.append((action, payload, d))
-        return d
-
-    def reconnect(self, why):
-        self.reconnects.append(why)
-
-    def set_heartbeat(self, s):
-        self.heartbeat_s = s
-
-    def boot_now(self):
-        pass
-
-    def heartbeat_now(self):
-        return self.call("Heartbeat", {})
-
-    # test side
-    def pending(self, action=None):
-        return [(a, p, d) for a, p, d in self.calls if not d.called and (action is None or a == action)]
-
-    def answer(self, action, result=None):
-        a, p, d = self.pending(action)[0]
-        d.callback(result if result is not None else {})
-        return p
-
-    def fail(self, action, code="InternalError"):
-        a, p, d = self.pending(action)[0]
-        d.errback(CallFailed(action, code))
-        return p
-
-    def answer_all_status(self):
-        while self.pending("StatusNotification"):
-            self.answer("StatusNotification")
 
 
 class Rig:
