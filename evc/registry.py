@@ -10,11 +10,8 @@ KINDS = ("charger", "meter", "conn", "control", "reader", "front", "server", "to
 # Types named by the design whose implementation has not landed yet: configuring one is reported in
 # state/error as "not available yet", distinct from a typo.
 PLANNED: dict[str, set[str]] = {
-    "charger": {"ocpp"},
     "reader": {"serial"},
     "front": {"ocpp", "ocpi", "plugsurfing", "manual"},
-    "server": {"ocpp"},
-    "token": {"token"},
 }
 
 T = TypeVar("T")

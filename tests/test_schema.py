@@ -87,8 +87,8 @@ def test_unknown_type_names_the_known_types():
 
 
 def test_planned_type_is_reported_as_not_available_yet():
-    with pytest.raises(ConfigError, match=r"^type: charger type 'ocpp' is not available yet"):
-        Catalog().lookup("charger", "ocpp")
+    with pytest.raises(ConfigError, match=r"^type: reader type 'serial' is not available yet"):
+        Catalog().lookup("reader", "serial")
 
 
 @pytest.mark.parametrize("doc, message", [
