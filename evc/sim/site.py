@@ -2,7 +2,8 @@
 
 The grid meter sees, per phase, the base load (loads that are not cars, changeable while running) plus what
 every car draws, put on the grid phase its charger's `phase_map` wires it to, so control decisions show up
-in the meter readings as they would on a real site. An EVSE may have a meter of its own (an SDM630 in the
+in the meter readings as they would on a real site. A load this process does not simulate (the car at an OCPP
+charger simulated elsewhere) is added with `external L1 L2 L3`, per grid phase. An EVSE may have a meter of its own (an SDM630 in the
 EVSE's supply, on Modbus TCP at a port or on an RS485 bus at a unit): it sees only that EVSE's car, on the
 grid phases the EVSE is wired to, which is what EVC's charger `meter` setting expects.
 
@@ -28,7 +29,7 @@ A config file says the same at any size (every key optional; evse and car keys a
 Meters given the same TCP port share it as one Modbus TCP gateway does (told apart by their unit).
 
 It prints one JSON line with every endpoint (tty paths, tunnel and meter ports), then reads commands, one
-per line, on stdin (and on `--control-port` if given): `status`, `base L1 L2 L3`, `plug CAR EVSE`,
+per line, on stdin (and on `--control-port` if given): `status`, `base L1 L2 L3`, `external L1 L2 L3`, `plug CAR EVSE`,
 `unplug CAR`, `soc CAR FRACTION`, `hold CAR` / `release CAR`, `fault EVSE rcd|diode|clear`,
 `vanish BUS`, `reappear BUS`, `drop BUS`, `mute BUS UNIT`, `unmute BUS UNIT`. Each answers one JSON line.
 """
@@ -92,6 +93,8 @@ class SimSite:
         self._reactor = reactor
         self.voltage_V = float(voltage_V)
         self.base_load_A = self._three(base_load_A, "base_load_A")
+        # What loads outside this simulation draw through the grid meter (set by whoever simulates them).
+        self.external_load_A = (0.0, 0.0, 0.0)
         self.tick_s = tick_s
         self.speed = speed
         # The site counts energy in simulated time (see `speed`), so the meter gets no clock of its own.
@@ -186,6 +189,12 @@ class SimSite:
         log.info("site base load {base_load_A} A", base_load_A=self.base_load_A)
         self.refresh()
 
+    def set_external_load(self, l1_A: float, l2_A: float, l3_A: float) -> None:
+        """What loads simulated elsewhere draw now, per grid phase: e.g. the car at an OCPP charger simulator,
+        fed in by the demo from that simulator's status, so that the grid meter sees every car of the site."""
+        self.external_load_A = self._three((l1_A, l2_A, l3_A), "external load")
+        self.refresh()
+
     def plug(self, car: str, evse: str) -> None:
         if evse not in self.evses:
             raise ValueError(f"no EVSE {evse!r}")
@@ -219,8 +228,9 @@ class SimSite:
 
     @property
     def grid_current_A(self) -> tuple[float, float, float]:
-        """Per-phase current through the grid meter: base load plus cars (signed: negative is export)."""
-        return tuple(b + c for b, c in zip(self.base_load_A, self.car_load_A()))
+        """Per-phase current through the grid meter: base load plus cars plus external loads (signed: negative is
+        export)."""
+        return tuple(b + c + e for b, c, e in zip(self.base_load_A, self.car_load_A(), self.external_load_A))
 
     @property
     def grid_power_W(self) -> tuple[float, float, float]:
@@ -322,6 +332,7 @@ class SimSite:
         return {
             "grid_A": [round(a, 3) for a in self.grid_current_A],
             "base_load_A": list(self.base_load_A),
+            "external_load_A": list(self.external_load_A),
             "energy_Wh": round(self.energy_Wh, 1),
             "evses": {name: {"set_A": evse.set_current_A, "vehicle_state": evse.vehicle_state,
                              "relay_on": evse.relay_on, "car": evse.car.name if evse.car else None,
@@ -387,6 +398,8 @@ def run_command(site: SimSite, line: str) -> dict:
             return {"ok": True, **site.status()}
         if cmd == "base":
             site.set_base_load(*(float(a) for a in args))
+        elif cmd == "external":
+            site.set_external_load(*(float(a) for a in args))
         elif cmd == "plug":
             site.plug(args[0], args[1])
         elif cmd == "unplug":

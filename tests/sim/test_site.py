@@ -128,6 +128,25 @@ def test_control_commands_change_the_site():
     assert not run_command(site, "jump")["ok"]
 
 
+def test_an_external_load_adds_to_the_grid_meter_and_its_energy_until_it_changes():
+    """A car simulated elsewhere (an OCPP charge point) reaches the grid meter through `external L1 L2 L3`."""
+    _, site, meter = site_with(base_load_A=(4, 2, 3))
+    site.add_evse("s1", bus="b", unit=1, default_current_A=10)
+    site.add_car("c1", evse="s1", phases=3, soc=0.3)
+    assert run_command(site, "external 8 8.5 0") == {"ok": True}
+    assert meter.values["A"] == (22, 20.5, 13)
+    status = run_command(site, "status")
+    assert status["external_load_A"] == [8, 8.5, 0] and status["grid_A"] == [22, 20.5, 13]
+    before = site.energy_Wh
+    site.advance(3600)
+    # One hour of base + car + external at 230 V (the car's battery is far from full).
+    assert site.energy_Wh - before == pytest.approx(230 * (22 + 20.5 + 13), rel=1e-6)
+    assert run_command(site, "external 0 0 0") == {"ok": True}
+    assert meter.values["A"] == (14, 12, 13)
+    assert not run_command(site, "external 1 2")["ok"]
+    assert site.external_load_A == (0, 0, 0)
+
+
 # -- over real transports ----------------------------------------------------------------------------------
 
 async def wait_for(condition, timeout_s=3.0, what="condition"):
