@@ -111,7 +111,7 @@ async def bench_config_change(store, n_instances, n_changes):
         await store.put(f"{root}/meter/{name}/config/interval_s", f"{1.0 + (i + 1) / 1000:.3f}".encode())
         await wait_for(lambda: name in started, 5, f"{name} restarted", poll_s=0.001)
         lat.append(started[name] - t0)
-        assert sup.instances[("meter", name)].spec.config.interval_s == 1.0 + (i + 1) / 1000
+        assert abs(sup.instances[("meter", name)].spec.config.interval_s - (1.0 + (i + 1) / 1000)) < 1e-9
     base = await watch_latency(store, root, n_changes)
     await stop_evc(writer, sup)
     site.close()
@@ -201,7 +201,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     rc = []
     d = defer.ensureDeferred(main(args.quick))
-    d.addErrback(lambda f: (f.printTraceback(), rc.append(1)))
+    d.addErrback(lambda f: (print(f.getTraceback(), file=sys.stderr), rc.append(1)))
     d.addBoth(lambda _: reactor.stop())
     reactor.run()
     sys.exit(rc[0] if rc else 0)
