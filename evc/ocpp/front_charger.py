@@ -127,7 +127,7 @@ class BridgedCharger:
         self._inoperative_scheduled = False
         self.cap_A: Optional[float] = None
         self.status_sent: Optional[tuple] = None
-        self.delivered: deque = deque(maxlen=100000)   # (action, seconds from queued to CALLRESULT): benchmarks
+        self.delivered: deque = deque(maxlen=1000)     # (action, seconds queued -> CALLRESULT), newest: benchmarks
         self.given_up = 0
         self._status_busy = False
         self._sending = False
@@ -259,7 +259,12 @@ class BridgedCharger:
     # -- state for people --
 
     def _state(self, leaf: str, value: Any) -> None:
-        if not self._stopped:        # once stopped, the front removes this charger's leaves
+        """Set a state leaf of this charger; None removes it."""
+        if self._stopped:            # once stopped, the front removes this charger's leaves
+            return
+        if value is None:
+            self.ctx.state.delete(f"{self.name}/{leaf}")
+        else:
             self.ctx.state.set(f"{self.name}/{leaf}", value)
 
     def _state_all(self) -> None:
@@ -278,7 +283,10 @@ class BridgedCharger:
 
     def link_state(self, state: str, why: str = "") -> None:
         self._state("connection", state)
-        self._state("connection_error", why if state != "accepted" else "")
+        if state == "accepted":
+            self._state("connection_error", None)
+        elif why:
+            self._state("connection_error", why)      # kept while connecting again: the reason stays visible
         if state != "accepted":
             self.status_sent = None          # sent again after the next boot
 

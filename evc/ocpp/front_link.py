@@ -338,9 +338,12 @@ class Link:
         if s.endpoint.startswith("wss://"):
             kwargs["ssl"] = ssl_context(s.ca_file)
         ping = s.ping_interval_s or None
+        # A missed pong closes the connection, and websockets then waits close_timeout for the backend to agree:
+        # one ping interval is enough for a backend that is alive (10 s, websockets' default, at most).
+        close_s = min(10.0, ping) if ping else 10.0
         return await connect(s.endpoint, subprotocols=["ocpp1.6"], additional_headers=headers,
-                             open_timeout=s.open_timeout_s, ping_interval=ping, ping_timeout=ping, proxy=None,
-                             **kwargs)
+                             open_timeout=s.open_timeout_s, ping_interval=ping, ping_timeout=ping,
+                             close_timeout=close_s, proxy=None, **kwargs)
 
     def _opened(self, ws) -> None:
         self._connecting = None

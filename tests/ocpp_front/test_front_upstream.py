@@ -162,7 +162,7 @@ async def test_evc_restarted_during_an_outage_delivers_the_persisted_outbox(upst
         assert _actions(upstream) == queued + ["StopTransaction"]
         calls = _transaction_calls(upstream)
         assert calls[-1]["payload"]["transaction_id"] == calls[0]["payload"]["transaction_id"]
-        await wait_for(lambda: not len(b.outbox), 5, "the outbox empty")
+        await wait_for(lambda: not len(b.outbox) and not b.outbox.unwritten, 5, "the outbox empty, in etcd too")
         left = await store.range(f"{etcd_root}/front/up/data/", prefix=True)
         assert [kv.key for kv in left.kvs if "/outbox/" in kv.key or "/transactions/" in kv.key] == []
     finally:
@@ -379,5 +379,24 @@ async def test_star_follows_chargers_added_later_and_a_restarted_charger_keeps_i
         result = await upstream.call("SITE-s1", "Reset", type="Soft")
         assert result["result"]["status"] == "Accepted"
         await wait_for(lambda: b1.link.connects == 2 and b1.link.accepted, 5, "a new connection after Reset")
+    finally:
+        await site.stop_front()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_that_stops_answering_pings_is_left_and_reconnected(upstream):
+    import signal
+    await upstream.start()
+    site = Site(MemoryStore(), _reactor())
+    await site.charger("s1")
+    front = site.front(url=upstream.url, ping_interval_s=0.3)
+    try:
+        b = await booted(front)
+        upstream.proc.send_signal(signal.SIGSTOP)       # frozen: the TCP connection stays, nothing answers
+        try:
+            await wait_for(lambda: not b.link.accepted, 5, "the half-open connection noticed")
+        finally:
+            upstream.proc.send_signal(signal.SIGCONT)
+        await wait_for(lambda: b.link.accepted and b.link.connects == 2, 10, "connected again")
     finally:
         await site.stop_front()
