@@ -400,3 +400,25 @@ async def test_a_backend_that_stops_answering_pings_is_left_and_reconnected(upst
         await wait_for(lambda: b.link.accepted and b.link.connects == 2, 10, "connected again")
     finally:
         await site.stop_front()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_start_whose_answer_was_lost_is_sent_again_unchanged_and_the_backend_keeps_one_transaction(upstream):
+    await upstream.start(lose_answer={"StartTransaction": 1})
+    site = Site(MemoryStore(), _reactor())
+    s1 = await site.charger("s1")
+    front = site.front(url=upstream.url)
+    try:
+        b = await booted(front)
+        s1.plug()
+        s1.authorize("TAG1")
+        s1.unplug()
+        await wait_for(lambda: upstream.calls("StopTransaction"), 10, "the stop after the resent start")
+        starts = upstream.calls("StartTransaction")
+        assert [c["answer"] for c in starts] == ["lost", "result"]
+        assert starts[0]["payload"] == starts[1]["payload"]                  # byte for byte the same message
+        assert upstream.calls("StopTransaction")[0]["payload"]["transaction_id"] == starts[0]["payload"][
+            "transaction_id"]
+        assert b.link.connects == 2 and b.given_up == 0                       # a lost answer is not an attempt
+    finally:
+        await site.stop_front()

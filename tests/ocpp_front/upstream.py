@@ -13,7 +13,8 @@ even after killing it. Commands arrive on stdin, one JSON object per line:
     {"cmd": "behave", "set": {...}}                                                        (change behaviour)
 Behaviour keys: boot (Accepted|Pending|Rejected), boot_interval, heartbeat_interval, callerror ({action: n}: answer
 the next n CALLs of that action with a CALLERROR), authorize_delay_s, authorize ({idTag: status}, default Accepted),
-start_status (idTagInfo status of StartTransaction).
+start_status (idTagInfo status of StartTransaction), lose_answer ({"StartTransaction": n}: process the next n, then
+drop the connection instead of answering).
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ class Backend(ChargePoint):
         return call_result.Authorize(id_tag_info={"status": BEHAVE["authorize"].get(id_tag, "Accepted")})
 
     @on(Action.start_transaction)
-    def on_start(self, connector_id, id_tag, meter_start, timestamp, **kw):
+    async def on_start(self, connector_id, id_tag, meter_start, timestamp, **kw):
         payload = {"connector_id": connector_id, "id_tag": id_tag, "meter_start": meter_start, "timestamp": timestamp}
         try:
             maybe_fail("StartTransaction")
@@ -105,6 +106,12 @@ class Backend(ChargePoint):
             TX["seen"][key] = TX["next"]
             TX["next"] += 1
         payload["transaction_id"] = TX["seen"][key]
+        if BEHAVE.get("lose_answer", {}).get("StartTransaction"):
+            # Processed, but the answer never leaves: the connection drops first.
+            BEHAVE["lose_answer"]["StartTransaction"] -= 1
+            self._log("StartTransaction", payload, "lost")
+            await self._connection.close()
+            raise ConnectionError("answer lost on purpose")
         self._log("StartTransaction", payload)
         return call_result.StartTransaction(transaction_id=TX["seen"][key],
                                             id_tag_info={"status": BEHAVE["start_status"]})
