@@ -17,10 +17,8 @@ Each covered charger is its own OCPP 1.6 charge point upstream (one connector, i
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import deque
-from datetime import datetime, timezone
 from typing import Any, Optional
 
 from twisted.internet import defer

@@ -137,7 +137,7 @@ def _now_iso() -> str:
 def _make_charge_point(link: "Link", identity: str, ws, response_timeout_s: float):
     """The ocpp library's v16 ChargePoint on our websocket, routing CALLs to the link's host."""
     from ocpp.exceptions import OCPPError
-    from ocpp.messages import Call, CallError, MessageType, unpack
+    from ocpp.messages import CallError, MessageType, unpack
     from ocpp.v16 import ChargePoint
     from ocpp.v16.enums import Action
 

@@ -81,7 +81,7 @@ def plain(value: Any) -> Any:
 
 
 def parse_profile(connector_id: int, doc: dict, installed_s: float) -> Profile:
-    """A csChargingProfiles document (snake_case keys) -> Profile. Raises ValueError with a sentence naming the field."""
+    """A csChargingProfiles document (snake_case keys) -> Profile; ValueError with a sentence naming the field."""
     doc = plain(doc)
     try:
         purpose = doc["charging_profile_purpose"]

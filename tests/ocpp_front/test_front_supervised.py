@@ -1,4 +1,4 @@
-"""front/ocpp under the real supervisor: config leaves as people write them, errors naming the leaf, state in the store."""
+"""front/ocpp under the real supervisor: config leaves as people write them, errors naming the leaf, state in etcd."""
 from __future__ import annotations
 
 import dataclasses
