@@ -50,8 +50,24 @@ class Options(usage.Options):
             self["etcd-password"] = os.environ.get("EVC_ETCD_PASSWORD")
 
 
-def makeService(options: Options, reactor=None):
+def sequential_multiservice():
+    """A MultiService whose children stop one after the other in reverse order, each finished before the next:
+    Twisted's stops them all at once, which would close the store while instances are still writing their last
+    state."""
     from twisted.application import service
+    from twisted.internet import defer
+
+    class Sequential(service.MultiService):
+        @defer.inlineCallbacks
+        def stopService(self):
+            service.Service.stopService(self)
+            for child in reversed(list(self)):
+                yield defer.maybeDeferred(child.stopService)
+
+    return Sequential()
+
+
+def makeService(options: Options, reactor=None):
 
     from evc.events import EventBus
     from evc.state import StateWriter
@@ -65,7 +81,7 @@ def makeService(options: Options, reactor=None):
         from evc.logs import start_json_logging
         start_json_logging(sys.stdout)
 
-    top = service.MultiService()
+    top = sequential_multiservice()
     top.setName("evc")
     store = EtcdStore(options["etcd"], reactor, user=options["etcd-user"], password=options["etcd-password"],
                       ca_file=options["etcd-ca"], cert_file=options["etcd-cert"], key_file=options["etcd-key"])

@@ -59,3 +59,35 @@ def test_json_log_format_writes_one_object_per_line():
 def test_the_asyncio_reactor_is_installed():
     from twisted.internet import reactor
     assert type(reactor).__name__ == "AsyncioSelectorReactor"
+
+
+def test_children_stop_one_after_the_other_in_reverse_order():
+    """The store must close only after the supervisor's instances and the state writer have finished stopping."""
+    from twisted.application import service
+    from twisted.internet import defer
+
+    order, gates = [], {}
+
+    class Child(service.Service):
+        def __init__(self, name):
+            self.setName(name)
+
+        def stopService(self):
+            super().stopService()
+            order.append(("stopping", self.name))
+            gates[self.name] = d = defer.Deferred()
+            d.addCallback(lambda _: order.append(("stopped", self.name)))
+            return d
+
+    top = tap.sequential_multiservice()
+    for name in ("store", "state", "supervisor"):
+        Child(name).setServiceParent(top)
+    top.startService()
+    done = top.stopService()
+    assert order == [("stopping", "supervisor")]
+    gates["supervisor"].callback(None)
+    assert order[-1] == ("stopping", "state")
+    gates["state"].callback(None)
+    assert order[-1] == ("stopping", "store")
+    gates["store"].callback(None)
+    assert done.called
