@@ -29,8 +29,11 @@ test: deps
 demo: deps
 	$(PY) -m evc.demo
 
+# The load generator and the bare central system are processes that benchmarks/ocpp_load.py starts itself.
+BENCHES := $(filter-out benchmarks/ocpp_loadgen.py benchmarks/ocpp_bare_cs.py,$(wildcard benchmarks/*.py))
+
 bench: deps
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(BENCHES); do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .demo
