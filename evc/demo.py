@@ -1,10 +1,11 @@
-"""`make demo`: the seed's site charging a simulated car under `twistd -n evc`, with a scenario printed as it happens.
+"""`make demo`: the seed's site and an OCPP charger sharing one fuse under `twistd -n evc`, with a scenario printed as it happens.
 
 What runs: a throwaway etcd (unless EVC_ETCD_URL is set), the site simulator of examples/sim/seed-site.yaml (s1's
 EVSE on an RS485 tunnel with a car plugged in, s1's own SDM630 = meter/m1, the grid SDM630 = meter/grid), the
-seed's configuration (examples/seed-site.yaml) and `twistd -n evc`. Then the scenario: switch s1 on live through
-etcd; the car charges; the base load rises (control lowers s1); it falls again (control raises s1). The site keeps
-running until Ctrl-C.
+seed's configuration plus an OCPP charger (examples/seed-site.yaml), `twistd -n evc`, and once EVC is up the OCPP
+1.6J charge point simulator as charger cp2. Then the scenario: switch s1 on live through etcd; its car charges;
+a car plugs into cp2 and shows the demo's card (s1 and cp2 share the fuse); the base load rises (control lowers
+both); it falls again (control raises both). The site keeps running until Ctrl-C.
 
 Every child runs in a process group of its own; whatever ends the demo (Ctrl-C, SIGTERM, twistd exiting, an error)
 stops twistd, the simulator and the throwaway etcd, and leaves nothing running.
@@ -15,6 +16,7 @@ import argparse
 import base64
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -24,18 +26,27 @@ import time
 import urllib.request
 from pathlib import Path
 
+from evc import cli
 from evc.etcdserver import EtcdServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "seed-site.yaml"
 SIM_CONFIG = REPO / "examples" / "sim" / "seed-site.yaml"
 DEMO_ETCD_PORT = 23790
-# The endpoints both files name (examples/seed-site.yaml and examples/sim/seed-site.yaml).
-PORTS = {15020: "meter/m1's bus", 15021: "meter/grid's bus", 15485: "conn/s123's remote"}
-# The scenario's base loads (A on L1, L2, L3): the sim config's, then a rise that leaves s1 about 11 A of the
-# 25 A per phase that control/master may use.
+# The endpoints both files name (examples/seed-site.yaml and examples/sim/seed-site.yaml), and server/cs's.
+OCPP_PORT = 19000
+PORTS = {15020: "meter/m1's bus", 15021: "meter/grid's bus", 15485: "conn/s123's remote",
+         OCPP_PORT: "server/cs's listen"}
+# The OCPP charger of examples/seed-site.yaml (charger/cp2 on server/cs) and the card of its token list.
+OCPP_URL = f"ws://127.0.0.1:{OCPP_PORT}/ocpp"
+CP_ID = "cp2"
+DEMO_TAG = "DEMO1234"
+CHARGERS = ("s1", CP_ID)
+# The scenario's base loads (A on L1, L2, L3): the sim config's, then a rise that leaves the two cars 18 A of the
+# 32 A per phase that control/master may use on L1: 9 A each.
 BASE_LOAD_A = (4, 2.5, 3)
 RAISED_BASE_LOAD_A = (14, 12, 13)
+GRID_PHASES = ("L1", "L2", "L3")
 
 
 class Stop(Exception):
@@ -137,40 +148,102 @@ class View:
                    == "false" for m in ("m1", "grid"))
 
     @property
-    def setpoint_A(self) -> float | None:
-        return _num(self.kv.get("charger/s1/state/setpoint_A"))
+    def limit_A(self) -> float | None:
+        return _num(self.kv.get("control/master/config/A_max"))
+
+    def setpoint_A(self, charger: str = "s1") -> float | None:
+        return _num(self.kv.get(f"charger/{charger}/state/setpoint_A"))
+
+    def allocated_A(self, charger: str = "s1") -> float | None:
+        return _num(self.kv.get(f"control/master/state/allocations/{charger}/A"))
+
+    def drawing_A(self, charger: str = "s1") -> float:
+        return max((a for a in self.phases(f"charger/{charger}/state/actual_A") if a is not None), default=0.0)
+
+    def charging(self, charger: str) -> bool:
+        return (self.setpoint_A(charger) or 0) >= 6 and self.drawing_A(charger) >= 6
+
+    def session_state(self, charger: str) -> str | None:
+        """The charger's current session: state/session/state, else its record in data/sessions/."""
+        state = self[f"charger/{charger}/state/session/state"]
+        current = self[f"charger/{charger}/data/sessions/current"]
+        if state is None and current:
+            try:
+                state = json.loads(self[f"charger/{charger}/data/sessions/{current}"] or "{}").get("state")
+            except ValueError:
+                state = None
+        return state
 
     @property
-    def allocated_A(self) -> float | None:
-        return _num(self.kv.get("control/master/state/allocations/s1/A"))
-
-    @property
-    def drawing_A(self) -> float:
-        return max((a for a in self.phases("charger/s1/state/actual_A") if a is not None), default=0.0)
+    def cp_connected(self) -> bool:
+        return (self[f"charger/{CP_ID}/state/connection"] == "connected"
+                and self[f"charger/{CP_ID}/state/online"] == "true")
 
     def key(self) -> tuple:
-        """What, when it changes, is worth a line: the car, the setpoint, control's decision and the session."""
-        return (self["charger/s1/state/vehicle"], self["charger/s1/state/online"], self.setpoint_A,
-                self.allocated_A, self["control/master/state/allocations/s1/reason"],
-                self["control/master/state/mode"], self["charger/s1/state/session/state"])
+        """What, when it changes, is worth a line: the cars, the setpoints, control's decisions and the sessions."""
+        return (self["control/master/state/mode"],) + tuple(
+            (self[f"charger/{c}/state/vehicle"], self[f"charger/{c}/state/online"], self.setpoint_A(c),
+             self.allocated_A(c), self[f"control/master/state/allocations/{c}/reason"],
+             self.session_state(c)) for c in CHARGERS)
+
+    def charger_text(self, charger: str) -> str | None:
+        if charger == CP_ID and self[f"charger/{CP_ID}/state/connection"] is None:
+            return None     # not started yet
+        vehicle = self[f"charger/{charger}/state/vehicle"] or "?"
+        if self[f"charger/{charger}/state/online"] == "false":
+            vehicle += " (offline)"
+        setpoint = self.setpoint_A(charger)
+        text = f"{charger} {vehicle}" + (f" {setpoint:g} A" if setpoint is not None else "")
+        drawing = self.drawing_A(charger)
+        if drawing:
+            text += f" (draws {drawing:.1f})"
+        session = self.session_state(charger)
+        if session:
+            text += f", session {session}"
+        return text
 
     def line(self) -> str:
         def amps(key):
             values = self.phases(key)
             return "?" if None in values else "/".join(f"{a:.1f}" for a in values)
-        vehicle = self["charger/s1/state/vehicle"] or "?"
-        if self["charger/s1/state/online"] == "false":
-            vehicle += " (offline)"
-        setpoint = self.setpoint_A
-        text = (f"s1 {vehicle}, setpoint {setpoint:g} A" if setpoint is not None else f"s1 {vehicle}")
-        text += f", m1 {amps('meter/m1/state/A')} A | grid {amps('meter/grid/state/A')} A (limit 25)"
-        if self.allocated_A is not None:
-            text += (f" | control {self['control/master/state/mode']}: s1 {self.allocated_A:g} A, "
-                     f"{self['control/master/state/allocations/s1/reason']}")
-        session = self["charger/s1/state/session/state"]
-        if session:
-            text += f" | session {session}"
+        text = " | ".join(t for t in map(self.charger_text, CHARGERS) if t)
+        limit = self.limit_A
+        text += f" | grid {amps('meter/grid/state/A')} A (limit {limit:g})" if limit is not None else ""
+        allocated = [(c, self.allocated_A(c)) for c in CHARGERS if self.allocated_A(c) is not None]
+        if allocated:
+            text += f" | control {self['control/master/state/mode']}: " + ", ".join(
+                f"{c} {a:g} A ({self[f'control/master/state/allocations/{c}/reason']})" for c, a in allocated)
         return text
+
+
+class ChargePoint:
+    """The OCPP charge point simulator as the demo's child: commands on its stdin, one JSON answer per line on its
+    stdout (its log goes to stderr, the demo's terminal)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self._buffer = b""
+
+    def command(self, line: str, timeout: float = 5.0) -> dict:
+        os.write(self.proc.stdin.fileno(), line.encode() + b"\n")
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"the OCPP charger simulator did not answer {line!r} within {timeout:g} s")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError("the OCPP charger simulator closed its output")
+            self._buffer += chunk
+        answer, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(answer)
+
+
+def _cp2_phase_map() -> tuple[str, ...]:
+    """The grid phase of each of cp2's conductors, as examples/seed-site.yaml wires it."""
+    config = cli.read_site_file(str(EXAMPLE)).doc["charger"][CP_ID]["config"]
+    return tuple(config.get("phase_map") or (GRID_PHASES if config.get("phases", 3) == 3 else ("L1",)))
 
 
 class Demo:
@@ -181,14 +254,18 @@ class Demo:
         self.url = ""
         self.control_port = 0
         self.twistd: subprocess.Popen | None = None
+        self.cp: ChargePoint | None = None
+        self._cp_phase_map = _cp2_phase_map()
+        self._external_A: tuple[float, float, float] | None = None
         self._started = time.monotonic()
         self._shown: tuple | None = None
 
     # -- children --
 
     def spawn(self, what: str, argv: list[str], **kw) -> subprocess.Popen:
-        # stdin: the simulator reads commands from a pipe or tty; it must not take the operator's keystrokes.
-        proc = subprocess.Popen(argv, start_new_session=True, cwd=REPO, stdin=subprocess.DEVNULL, **kw)
+        # stdin: the simulators read commands from a pipe or tty; they must not take the operator's keystrokes.
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, start_new_session=True, cwd=REPO, **kw)
         self.children.append((what, proc))
         self.say(f"started {what} (pid {proc.pid})")
         return proc
@@ -243,8 +320,45 @@ class Demo:
         proc = self.spawn("the site simulator",
                           [sys.executable, "-m", "evc.sim.site", "--config", str(SIM_CONFIG.relative_to(REPO)),
                            "--control-port", str(self.control_port)], stdout=subprocess.DEVNULL)
-        for port in (*PORTS, self.control_port):
+        for port in (*(p for p in PORTS if p != OCPP_PORT), self.control_port):
             wait_for_port(port, proc, "the site simulator")
+
+    def start_charge_point(self) -> None:
+        """The OCPP charger simulator as charger cp2; it connects to EVC's server/cs (and retries until it is up)."""
+        proc = self.spawn(f"the OCPP charger simulator as {CP_ID}",
+                          [sys.executable, "-m", "evc.sim.ocpp_cp", "--url", OCPP_URL, "--id", CP_ID,
+                           "--max-current-a", "32", "--car-max-a", "16", "--soc", "0.3", "--backoff-max-s", "5"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.cp = ChargePoint(proc)
+
+    def feed_grid(self) -> None:
+        """Put what cp2's car draws into the grid meter.
+
+        The site simulator's grid meter adds up the base load and the cars of its own EVSEs; cp2's car lives in
+        another process (the OCPP simulator), so the demo reads its draw per conductor from that simulator's
+        `status`, puts each conductor on the grid phase cp2's phase_map names, and hands the sum to the site
+        simulator as its external load (`external L1 L2 L3`). Then the grid meter sees both cars and the base
+        load, as a real meter at the site's connection would, and control's base-load estimate (grid meter
+        minus each car's measured draw) stays right. It runs every 0.1 s: a real meter sees a change at once, and
+        a grid reading that still shows cp2's old current after control lowered it would make the other loads look
+        larger than they are (docs/control.md, "The moment of a reading").
+        """
+        if self.cp is None or self.cp.proc.poll() is not None:
+            return
+        try:
+            status = self.cp.command("status")
+        except (TimeoutError, RuntimeError, OSError, ValueError) as e:
+            self.say(f"reading the OCPP charger simulator: {e}")
+            return
+        load = dict.fromkeys(GRID_PHASES, 0.0)
+        connector = status["connectors"][0]
+        for phase, current_A in zip(self._cp_phase_map, connector["draw_A"]):
+            load[phase] += current_A
+        external = tuple(round(load[p], 2) for p in GRID_PHASES)
+        if external != self._external_A:
+            answer = self.sim_command("external " + " ".join(f"{a:g}" for a in external))
+            if answer.get("ok"):
+                self._external_A = external
 
     def evc_cli(self, *argv: str, capture: bool = False) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "evc.cli", "--etcd", self.url, "--root", self.args.root, *argv]
@@ -286,13 +400,17 @@ demo: the site runs. Watch it from a second shell:
 
     {self.evc_command()} status
     {self.etcdctl("get --prefix", root + "/charger/s1/state/")}
+    {self.etcdctl("get --prefix", root + f"/charger/{CP_ID}/state/")}
     {self.etcdctl("get --prefix", root + "/control/master/state/")}
     {self.etcdctl("watch --prefix", root + "/")}
 
 change it live (EVC applies a config change at once, restarting only what changed), e.g.:
 
-    {self.etcdctl("put", root + "/charger/s1/config/mode OFF")}
-    {self.etcdctl("put", root + "/control/master/config/A_max 20")}
+    {self.etcdctl("put", root + f"/charger/{CP_ID}/config/mode OFF")}      # s1 gets the whole fuse
+    {self.etcdctl("put", root + "/control/master/config/A_max 25")}
+
+{CP_ID} is the OCPP charger simulator (python -m evc.sim.ocpp_cp), connected to EVC's central system at
+{OCPP_URL}/{CP_ID}; a real OCPP 1.6J charger connects there the same way (docs/ocpp.md).
 
 and change the simulated site (one command per line on its control port: status, base L1 L2 L3, unplug car1,
 plug car1 s1, soc car1 0.95, ...; evc/sim/site.py lists them):
@@ -322,6 +440,7 @@ Ctrl-C stops everything.
         view = None
         while True:
             self.check_children()
+            self.feed_grid()
             view = self.show() or view
             if until is not None and view is not None and until(view):
                 return view
@@ -329,7 +448,10 @@ Ctrl-C stops everything.
                 if until is not None:
                     self.say(f"{what} has not happened after {seconds:g} s (docs/troubleshooting.md)")
                 return view
-            time.sleep(0.5)
+            # The tree is read every 0.5 s; cp2's draw goes to the grid meter every 0.1 s (feed_grid says why).
+            for _ in range(5):
+                time.sleep(0.1)
+                self.feed_grid()
 
     def wait_ready(self, timeout: float) -> View:
         """Until meter/m1 and meter/grid have live values, charger/s1 answers and control/master runs."""
@@ -341,65 +463,109 @@ Ctrl-C stops everything.
         self.say("ready: meters m1 and grid read, charger s1 answers on conn s123, control/master runs")
         return view
 
+    def wait_charge_point(self, timeout: float) -> View:
+        """Until cp2 is connected to server/cs and has booted (EVC can limit it)."""
+        view = self.watch(timeout, lambda v: v.cp_connected, f"{CP_ID} connected")
+        if view is None or not view.cp_connected:
+            raise TimeoutError(f"{CP_ID} has not connected to {OCPP_URL}/{CP_ID} after {timeout:.0f} s: see "
+                               f"`{self.evc_command()} status` and server/cs/state/")
+        self.say(f"{CP_ID} connected: the OCPP charger simulator booted at {OCPP_URL}/{CP_ID} and took EVC's "
+                 f"charging profiles (a real charger connects the same way: docs/ocpp.md)")
+        return view
+
     # -- the scenario --
 
     def scenario(self) -> None:
         step_s = self.args.step_s
         root = self.args.root
-        self.wait_ready(self.args.ready_timeout)
+        limit = self._shown_limit()
         self.say(f"step 1: s1 is OFF (as the seed writes it) while car1 is plugged in. Switching it on live:\n\n"
                  f"    {self.etcdctl('put', root + '/charger/s1/config/mode ON')}\n")
         etcd_put(self.url, f"{root}/charger/s1/config/mode", "ON")
-        view = self.watch(60, lambda v: (v.setpoint_A or 0) >= 6 and v.drawing_A >= 6,
-                          "s1 charging (setpoint and measured draw of 6 A or more)")
-        charging_A = view.setpoint_A if view is not None else None
-        self.say(f"step 2: car1 charges at {charging_A:g} A per phase: control/master gave s1 what the 25 A per "
-                 f"phase leave beside the base load {_phases(BASE_LOAD_A)} A (less its 1 A deadband)"
-                 if charging_A else "step 2: car1 is not charging yet; the scenario goes on")
+        view = self.watch(60, lambda v: v.charging("s1"), "s1 charging (setpoint and measured draw of 6 A or more)")
+        alone_A = view.setpoint_A("s1") if view is not None else None
+        self.say(f"car1 charges at {alone_A:g} A per phase: alone on the fuse, s1 gets what the {limit:g} A per "
+                 f"phase leave beside the base load {_phases(BASE_LOAD_A)} A (less control's 1 A deadband)"
+                 if alone_A else "car1 is not charging yet; the scenario goes on")
         self.watch(step_s)
+
+        self.say(f"step 2: a car plugs into {CP_ID}, the OCPP charger, and its driver shows the card {DEMO_TAG} "
+                 f"(token/{DEMO_TAG}). s1 and {CP_ID} are behind the same {limit:g} A fuse, with equal priority: "
+                 f"control shares it between them")
+        answer = self.cp.command(f"plug {DEMO_TAG}")
+        if not answer.get("ok"):
+            self.say(f"the OCPP charger simulator refused to plug: {answer.get('error')}")
+
+        def shared(v):
+            return v.charging("s1") and v.charging(CP_ID) and v.session_state(CP_ID) in ("authorized", "charging")
+        view = self.watch(step_s + 30, shared, f"s1 and {CP_ID} both charging")
+        before = {c: view.allocated_A(c) for c in CHARGERS} if view is not None and shared(view) else None
+        if before:
+            self.say(f"both charge: s1 {before['s1']:g} A, {CP_ID} {before[CP_ID]:g} A (its Authorize and "
+                     f"StartTransaction accepted from the token list; a session in charger/{CP_ID}/data/sessions/)")
+        self.watch(step_s)
+
         self.say(f"step 3: the base load rises to {_phases(RAISED_BASE_LOAD_A)} A (a heat pump starts):\n\n"
                  f"    echo 'base {' '.join(f'{a:g}' for a in RAISED_BASE_LOAD_A)}' | nc -q1 127.0.0.1 "
-                 f"{self.control_port}\n\ncontrol must lower s1 to keep every phase within 25 A")
+                 f"{self.control_port}\n\ncontrol must lower both chargers to keep every phase within {limit:g} A")
         self.sim_command("base " + " ".join(f"{a:g}" for a in RAISED_BASE_LOAD_A))
         started = time.monotonic()
-        lowered = self.watch(step_s + 30, lambda v: charging_A is not None and v.allocated_A is not None
-                             and v.allocated_A < charging_A and (v.setpoint_A or 0) < charging_A,
-                             "s1 lowered")
-        if lowered is not None and lowered.allocated_A is not None and charging_A is not None \
-                and lowered.allocated_A < charging_A:
-            self.say(f"control lowered s1 to {lowered.allocated_A:g} A "
+
+        def lowered(v):
+            return before is not None and all((v.allocated_A(c) or 0) < before[c] and (v.setpoint_A(c) or 0)
+                                              < before[c] for c in CHARGERS)
+        view = self.watch(step_s + 30, lowered, "s1 and cp2 lowered")
+        low = {c: view.allocated_A(c) for c in CHARGERS} if view is not None and lowered(view) else None
+        if low:
+            self.say(f"control lowered s1 to {low['s1']:g} A and {CP_ID} to {low[CP_ID]:g} A "
                      f"({time.monotonic() - started:.1f} s after the rise)")
         self.watch(max(0.0, step_s - (time.monotonic() - started)))
-        self.say(f"step 4: the base load falls back to {_phases(BASE_LOAD_A)} A; control raises s1 again")
+
+        self.say(f"step 4: the base load falls back to {_phases(BASE_LOAD_A)} A; control raises both again")
         self.sim_command("base " + " ".join(f"{a:g}" for a in BASE_LOAD_A))
         started = time.monotonic()
-        raised = self.watch(step_s + 30, lambda v: charging_A is not None and (v.allocated_A or 0) >= charging_A,
-                            "s1 raised")
-        if raised is not None and charging_A is not None and (raised.allocated_A or 0) >= charging_A:
-            self.say(f"control raised s1 to {raised.allocated_A:g} A "
-                     f"({time.monotonic() - started:.1f} s after the fall)")
+
+        def raised(v):
+            # Back to about their shares before the rise (the deadband may keep one 1 A lower).
+            return before is not None and all((v.allocated_A(c) or 0) >= before[c] - 1 for c in CHARGERS)
+        view = self.watch(step_s + 30, raised, "s1 and cp2 raised")
+        if view is not None and raised(view):
+            self.say(f"control raised s1 to {view.allocated_A('s1'):g} A and {CP_ID} to "
+                     f"{view.allocated_A(CP_ID):g} A ({time.monotonic() - started:.1f} s after the fall)")
         self.say("the scenario is done; the site keeps running (try the commands above). Ctrl-C stops it.")
+
+    def _shown_limit(self) -> float:
+        view = self.show()
+        return (view.limit_A if view is not None else None) or 0.0
 
     def run(self) -> int:
         self.start_etcd()
         self.start_simulator()
         self.load_config()
         if self.args.no_twistd:
-            self.say("--no-twistd: not starting EVC; start it with\n\n"
-                     f"    {venv_tool('twistd')} -n evc --etcd {self.url} --root {self.args.root}\n")
+            self.say("--no-twistd: not starting EVC; start it, then the OCPP charger simulator, with\n\n"
+                     f"    {venv_tool('twistd')} -n evc --etcd {self.url} --root {self.args.root}\n"
+                     f"    {sys.executable} -m evc.sim.ocpp_cp --url {OCPP_URL} --id {CP_ID} "
+                     f"--plug-at 5 --id-tag {DEMO_TAG}\n\n"
+                     f"(its car's draw does not reach the grid meter then: `external L1 L2 L3` on the site "
+                     f"simulator's control port puts it there)")
         else:
             self.twistd = self.spawn("twistd -n evc", [venv_tool("twistd"), "-n", "--pidfile=", "evc",
                                                        "--etcd", self.url, "--root", self.args.root])
         self.print_help()
-        if self.args.exit_after_ready:
-            if not self.args.no_twistd:
-                self.wait_ready(self.args.ready_timeout)
-            return 0
         if self.args.no_twistd:
+            if self.args.exit_after_ready:
+                return 0
             self.say("simulator and etcd run until Ctrl-C")
             while True:
                 self.check_children()
                 time.sleep(0.5)
+        self.wait_ready(self.args.ready_timeout)
+        # After EVC is up: its server/cs listens, so the charge point's first connection is the one that works.
+        self.start_charge_point()
+        self.wait_charge_point(self.args.ready_timeout)
+        if self.args.exit_after_ready:
+            return 0
         if not self.args.no_scenario:
             self.scenario()
         while True:
@@ -442,10 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-s", type=float, default=20.0,
                    help="seconds between the scenario's steps (default %(default)s; the tests use a few)")
     p.add_argument("--no-scenario", action="store_true",
-                   help="run the site as loaded (s1 OFF), without switching it on or changing the base load")
+                   help="run the site as loaded (s1 OFF, no car at cp2), without switching s1 on, plugging a car "
+                   "into cp2 or changing the base load")
     p.add_argument("--no-twistd", action="store_true", help="start etcd and the simulator and load the config only")
     p.add_argument("--exit-after-ready", action="store_true",
-                   help="stop everything once the site is ready (meters live, s1 online; for tests)")
+                   help="stop everything once the site is ready (meters live, s1 online, cp2 connected; for tests)")
     p.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for the site to be ready")
     args = p.parse_args(argv)
 

@@ -79,9 +79,11 @@ def _num(kv, key):
         return None
 
 
-def test_demo_charges_a_car_control_lowers_it_when_the_base_load_rises_and_ctrl_c_leaves_nothing(tmp_path):
-    """The seed's site on the simulators: both meters live, s1 switched on live charges car1 in a session, control
-    lowers s1 when the scenario raises the base load; SIGINT stops every child (scenario steps compressed to 3 s)."""
+def test_demo_charges_two_cars_on_one_fuse_control_lowers_both_when_the_base_load_rises_and_ctrl_c_leaves_nothing(
+        tmp_path):
+    """The seed's site on the simulators plus the OCPP charger cp2: both meters live, s1 switched on live charges car1
+    in a session, cp2's car charges in a session of its own, control lowers both when the scenario raises the base
+    load; SIGINT stops every child, the OCPP simulator too (scenario steps compressed to 3 s)."""
     proc, log = _demo(tmp_path, "--step-s", "3")
     sessions = set()
     try:
@@ -89,8 +91,6 @@ def test_demo_charges_a_car_control_lowers_it_when_the_base_load_rises_and_ctrl_
                      "the demo's etcd")
         url = line.split("throwaway etcd at ", 1)[1].split()[0]
         _wait(lambda: "started twistd -n evc" in log(), 30, "twistd to start")
-        sessions = {sid for _, sid in _children_sessions(proc.pid)}
-        assert len(sessions) >= 3, f"expected etcd, the simulator and twistd as children: {sessions}\n{log()}"
 
         def charging():
             kv = _etcd_json(url, "/evc/seed")
@@ -106,28 +106,48 @@ def test_demo_charges_a_car_control_lowers_it_when_the_base_load_rises_and_ctrl_
                 return kv       # m1 sees the car; the grid meter sees the car and the base load
             return None
         kv = _wait(charging, 40, "meters live, s1 switched on and charging car1 in a session, control allocating")
+        sessions = {sid for _, sid in _children_sessions(proc.pid)}
+        assert len(sessions) >= 4, \
+            f"expected etcd, the simulator, twistd and the OCPP simulator as children: {sessions}\n{log()}"
         assert kv["charger/s1/config/mode"] == "ON"                 # switched on live by the demo, through etcd
         sid = kv["charger/s1/data/sessions/current"]
         assert json.loads(kv[f"charger/s1/data/sessions/{sid}"])["state"] in ("authorized", "charging")
         assert kv["control/master/state/mode"] == "normal"
-        charging_A = _num(kv, "control/master/state/allocations/s1/A")
         for planned in ("reader/r1", "front/local", "front/plugsurfing"):
             assert "not available yet" in kv[f"{planned}/state/error"], planned     # reported, never faked
+
+        def shared():
+            kv = _etcd_json(url, "/evc/seed")
+            cp2 = kv.get("charger/cp2/data/sessions/current")
+            allocated = [_num(kv, f"control/master/state/allocations/{c}/A") for c in ("s1", "cp2")]
+            if kv.get("charger/cp2/state/connection") == "connected" and kv.get("charger/cp2/state/vehicle") \
+                    == "charging" and cp2 and None not in allocated and min(allocated) >= 6 \
+                    and (_num(kv, "charger/cp2/state/actual_A/L1") or 0) >= 6 \
+                    and (_num(kv, "control/master/state/base/L1") or 99) < 10:
+                return kv       # the base load has not risen yet
+            return None
+        kv = _wait(shared, 40, "cp2 connected and charging in a session beside s1, control allocating both")
+        session = json.loads(kv[f"charger/cp2/data/sessions/{kv['charger/cp2/data/sessions/current']}"])
+        assert session["state"] in ("authorized", "charging") and session["id_tag"] == "DEMO1234"
+        assert kv["charger/cp2/type"] == "ocpp" and kv["server/cs/state/status"] == "running"
+        shares = {c: _num(kv, f"control/master/state/allocations/{c}/A") for c in ("s1", "cp2")}
+        limit = _num(kv, "control/master/config/A_max")
+        assert sum(shares.values()) <= limit - _num(kv, "control/master/state/base/L1")
 
         def lowered():
             kv = _etcd_json(url, "/evc/seed")
             base = _num(kv, "control/master/state/base/L1")
-            allocated = _num(kv, "control/master/state/allocations/s1/A")
-            setpoint = _num(kv, "charger/s1/state/setpoint_A")
-            # The rise takes the base to 14 A on L1: s1 (allocation and the board's setpoint) must fit in what is
-            # left of the 25 A.
-            if base is not None and base >= 10 and allocated is not None and allocated <= 25 - base \
-                    and setpoint is not None and setpoint <= 25 - base:
+            allocated = {c: _num(kv, f"control/master/state/allocations/{c}/A") for c in ("s1", "cp2")}
+            setpoints = {c: _num(kv, f"charger/{c}/state/setpoint_A") for c in ("s1", "cp2")}
+            # The rise takes the base to 14 A on L1: both chargers (allocations and what the board and the charge
+            # point were told) must be lowered and fit, together, in what is left of the fuse.
+            if base is not None and base >= 10 and None not in allocated.values() \
+                    and None not in setpoints.values() and all(allocated[c] < shares[c] for c in shares) \
+                    and sum(allocated.values()) <= limit - base and sum(setpoints.values()) <= limit - base:
                 return kv
             return None
-        kv = _wait(lowered, 30, "control lowering s1 after the base load rose")
-        assert _num(kv, "control/master/state/allocations/s1/A") < charging_A
-        assert "step 3: the base load rises" in log()
+        _wait(lowered, 30, "control lowering s1 and cp2 after the base load rose")
+        assert "step 3: the base load rises" in log() and "both chargers" in log()
         assert f"--etcd {url} --root /evc/seed status" in log()
     finally:
         proc.send_signal(signal.SIGINT)
