@@ -18,6 +18,7 @@ Each covered charger is its own OCPP 1.6 charge point upstream (one connector, i
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from typing import Any, Optional
 
@@ -340,6 +341,8 @@ class BridgedCharger:
             if rec is not None and not rec.get("stop_queued"):
                 self._queue_stop(s)
             self._transaction_ended()
+        if self._sample_call is None:
+            self._arm_sampler()
         self._update_cap()
         self._status_changed()
 
@@ -365,6 +368,7 @@ class BridgedCharger:
             self._stop_from_store(sid)
         if current is not None and current.authorized and current.id not in self.records:
             self._queue_start(current)
+        self._arm_sampler()
 
     def _stop_from_store(self, sid: str) -> None:
         rec = self.records[sid]
@@ -410,6 +414,7 @@ class BridgedCharger:
                            also=[self._record_put(s.id)])
         log.info("{charger}: StartTransaction queued for session {id}", charger=self.label, id=s.id)
         self._state("outbox", len(self.outbox))
+        self._arm_sampler()
 
     def _queue_stop(self, s: Session) -> None:
         rec = self.records[s.id]
@@ -437,12 +442,22 @@ class BridgedCharger:
     # -- meter values --
 
     def _arm_sampler(self) -> None:
+        """Schedule the next MeterValues sample of the open transaction, at its start + k x MeterValueSampleInterval
+        (OCPP's sampled values count from the transaction's start; it also spreads the chargers of a site)."""
         if self._sample_call is not None and self._sample_call.active():
             self._sample_call.cancel()
         self._sample_call = None
         interval = self.keys["MeterValueSampleInterval"]
-        if interval > 0 and not self._stopped:
-            self._sample_call = self.clock.callLater(interval, self._sample_tick)
+        rec = self._open_transaction()
+        if interval <= 0 or self._stopped or rec is None:
+            return                     # armed again when a transaction starts
+        now = self.clock.seconds()
+        try:
+            start_s = parse_time(rec.get("start_time") or "")
+        except ValueError:
+            start_s = now
+        k = max(0, math.floor((now - start_s) / interval)) + 1
+        self._sample_call = self.clock.callLater(max(0.0, start_s + k * interval - now), self._sample_tick)
 
     def _sample_tick(self) -> None:
         self._sample_call = None

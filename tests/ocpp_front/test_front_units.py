@@ -399,3 +399,18 @@ def test_the_next_message_goes_out_before_the_removal_is_written_but_only_so_man
     rig.store.available = True
     rig.clock.advance(60)
     assert rig.link.pending("MeterValues")       # and goes on once the store took them
+
+
+def test_meter_values_are_sampled_from_the_transaction_start():
+    rig = Rig(meter_value_sample_interval_s=10)
+    rig.clock.advance(3)
+    rig.session()
+    rig.clock.advance(9.9)
+    assert [e.action for e in rig.bridged.outbox.entries] == ["StartTransaction"]
+    rig.clock.advance(0.1)                     # the transaction's start + 10 s, not the front's
+    assert [e.action for e in rig.bridged.outbox.entries] == ["StartTransaction", "MeterValues"]
+    b = rig.restart()                          # after a restart the rhythm stays the transaction's
+    rig.clock.advance(9.9)
+    assert [e.action for e in b.outbox.entries].count("MeterValues") == 1
+    rig.clock.advance(0.1)
+    assert [e.action for e in b.outbox.entries].count("MeterValues") == 2
