@@ -144,7 +144,9 @@ class BuiltinControl(Instance):
         self._switched: dict[str, float | None] = {}
         self._inflight: dict[str, int] = {}
         self._reading_wanted = False        # setpoints changed: the next meter reading shows their effect
-        self._draws: dict[str, tuple] = {}  # each charger's measured current when the meter was last read
+        # Each charger's measured current, and the most it could then draw (its setpoint), when the meter was last
+        # read: (actual_A, setpoint_A).
+        self._draws: dict[str, tuple[tuple, float]] = {}
         self._down_failed = False           # a decrease failed: no increases until the next interval
         self._busy = False
         self._again: str | None = None
@@ -214,7 +216,8 @@ class BuiltinControl(Instance):
         # The base load is the meter minus the cars' draw: both must be of the same moment. A recompute between two
         # readings with the newest draws would count every car that slowed down since as other load (and lower
         # everyone again for nothing); the draws known when the meter was read are the ones it measured.
-        self._draws = {name: d.instance.status.actual_A for name, d in self.chargers.items()}
+        self._draws = {name: (st.actual_A, st.setpoint_A)
+                       for name, st in ((n, d.instance.status) for n, d in self.chargers.items())}
         self._arm_stale_timer(reading)
         if reading.stale != self._meter_stale:
             self._meter_stale = reading.stale
@@ -411,7 +414,8 @@ class BuiltinControl(Instance):
         lost = not st.online
         if lost:
             setpoint = max(accepted, asked or 0)     # it may still apply either: count the larger
-        measured = self._draws.get(name, st.actual_A)[:phases]
+        measured, offered_A = self._draws.get(name, (st.actual_A, st.setpoint_A))
+        measured = measured[:phases]
         draw = tuple(float(a) for a in measured) if len(measured) == phases and None not in measured else None
         if draw is not None and getattr(cfg, "meter", None) == self.config.meter:
             # Metered by the grid meter itself: its "draw" is every load on those phases, so nothing can be
@@ -420,7 +424,8 @@ class BuiltinControl(Instance):
         if draw is not None:
             # A car draws at most what its charger may offer. A reading of the charger's own meter taken before a
             # decrease landed would otherwise make the other loads look smaller than they are (and allow a raise).
-            bound = max(0.0, float(st.setpoint_A))
+            # The bound is the setpoint of the grid reading's moment: a decrease written since is not yet in it.
+            bound = max(0.0, float(offered_A))
             draw = tuple(min(a, bound) for a in draw)
         stale = st.updated is not None and now - st.updated > self.config.stale_s
         try:

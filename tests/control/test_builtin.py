@@ -670,3 +670,19 @@ def test_a_draw_read_before_a_decrease_landed_does_not_shrink_the_base_load():
     site.read(base=(14, 12, 13))                    # the grid sees 14 + 11 on L1
     assert control.last.base_A.L1 >= 14
     assert c.writes[-1] <= 11                       # no raise on the strength of the stale 20 A
+
+
+def test_a_recompute_between_readings_caps_draws_at_the_setpoints_of_the_readings_moment():
+    """After a decrease, a recompute before the next grid reading must not cap the old draws at the new, lower
+    setpoints: the reading still holds the old draws, and the other loads would look too large (both cars paused)."""
+    site = Site({"a": dict(setpoint_A=14), "b": dict(setpoint_A=14)}, A_max=32, interval_s=60,
+                min_on_s=0, min_off_s=0)
+    control = site.start()
+    site.read(base=(4, 4, 4))
+    site.read(base=(14, 12, 13))                    # 42 A on L1: both lowered to 9 A
+    assert site.setpoints() == {"a": 9, "b": 9}
+    before = control.recomputes
+    site.bus.publish(("session", "a"), "charging")   # an event: a recompute with no new grid reading
+    assert control.recomputes > before
+    assert control.last.base_A.L1 <= 14 + 1e-9      # the reading's draws were 14 + 14: base is 14, not more
+    assert site.setpoints() == {"a": 9, "b": 9}     # nobody paused
