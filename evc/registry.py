@@ -11,7 +11,7 @@ KINDS = ("charger", "meter", "conn", "control", "reader", "front", "server", "to
 # state/error as "not available yet", distinct from a typo.
 PLANNED: dict[str, set[str]] = {
     "reader": {"serial"},
-    "front": {"ocpp", "ocpi", "plugsurfing", "manual"},
+    "front": {"ocpi", "plugsurfing", "manual"},
 }
 
 T = TypeVar("T")
