@@ -39,6 +39,11 @@ sends the token list (token/<idTag> instances valid at this charger) with SendLo
 boot or connection, then a Differential update whenever a token changes. The version and the list last sent are
 kept in data/local_list so versions only grow across EVC restarts.
 
+Authorization from fronts (front/ocpp's RemoteStartTransaction and RemoteStopTransaction from a backend):
+`authorize(id_tag)` sends RemoteStartTransaction to the charge point and `deauthorize()` RemoteStopTransaction for
+the open transaction. Neither touches the session: it follows the StartTransaction / StopTransaction the charge
+point then sends, as for a start or stop at the charger itself.
+
 Outgoing messages (for fronts and tools), each a Deferred with the CALLRESULT's payload: remote_start,
 remote_stop, change_availability, change_configuration, get_configuration, reset, unlock_connector, clear_cache,
 set_charging_profile, clear_charging_profile, get_composite_schedule, trigger_message, send_local_list,
@@ -95,6 +100,10 @@ METER_DATA_MINIMAL = "Energy.Active.Import.Register,Current.Import"
 
 class SmartChargingRejected(Exception):
     """The charge point refuses charging profiles: EVC cannot limit it."""
+
+
+class RemoteCommandRejected(Exception):
+    """The charge point answered RemoteStartTransaction or RemoteStopTransaction with Rejected."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1061,6 +1070,52 @@ class OcppCharger(Instance):
                  version=version, update="full" if full else "differential", n=len(entries))
         await self._save("local_list", {"version": version, "entries": entries})
 
+    # --- authorization from fronts (the ICharger-style authorize/deauthorize pair that EVCC_manual has) ---
+
+    def authorize(self, id_tag: str) -> defer.Deferred:
+        """Ask the charge point to start a transaction for `id_tag` (RemoteStartTransaction on the configured
+        connector). Nothing is authorized here: the session becomes authorized by the StartTransaction that follows.
+
+        Deferred[dict]: the charge point's answer ({"status": "Accepted"}). Fails with NotConnected,
+        RemoteCommandRejected, CallTimeout, OcppCallError or ValueError (a tag OCPP 1.6 cannot carry); each failure
+        is logged with the charger's name (never the tag)."""
+        if not id_tag or len(id_tag) > ID_TAG_MAX:
+            error = ValueError(f"{self.ctx.key}: an id tag of {len(id_tag)} characters cannot be sent in OCPP 1.6 "
+                               f"(1 to {ID_TAG_MAX})")
+            log.warn("{charger}: remote start refused: {error}", charger=self.ctx.key, error=str(error))
+            return defer.fail(error)
+        return self._remote_command("RemoteStartTransaction", self.remote_start(id_tag))
+
+    def deauthorize(self) -> defer.Deferred:
+        """Ask the charge point to stop the open transaction (RemoteStopTransaction with its transaction id); the
+        session ends with the StopTransaction that follows (unless the caller ended it first, as front/ocpp does).
+
+        Without an open transaction nothing is sent and the Deferred fires with None: there is nothing EVC could
+        withdraw. (A remote start the charge point accepted but has not begun cannot be cancelled in OCPP 1.6; it
+        lapses after the charge point's ConnectionTimeOut.) Otherwise as authorize(): Deferred[dict], failures
+        logged and passed on."""
+        tx = self.tx
+        if tx is None or not tx.get("open"):
+            log.info("{charger}: deauthorized without an open transaction: nothing to stop", charger=self.ctx.key)
+            return defer.succeed(None)
+        return self._remote_command("RemoteStopTransaction", self.remote_stop(tx["transaction_id"]))
+
+    def _remote_command(self, action: str, d: defer.Deferred) -> defer.Deferred:
+        def answered(result: dict) -> dict:
+            status = result.get("status")
+            if status != "Accepted":
+                raise RemoteCommandRejected(f"{self.ctx.key}: charge point {self.cp_id} answered {status} to "
+                                            f"{action}")
+            log.info("{charger}: {action} accepted by the charge point", charger=self.ctx.key, action=action)
+            return result
+
+        def failed(f: Failure) -> Failure:
+            # A CALLERROR's description may repeat the id tag, which is never logged: its code only.
+            error = f.value.code if f.check(OcppCallError) else f.getErrorMessage()
+            log.warn("{charger}: {action} failed: {error}", charger=self.ctx.key, action=action, error=error)
+            return f
+        return d.addCallback(answered).addErrback(failed)
+
     # --- messages to the charge point (fronts, tools) ---
 
     def remote_start(self, id_tag: str, connector: int | None = None, charging_profile: dict | None = None):
@@ -1137,4 +1192,5 @@ def _int_or_none(text) -> int | None:
         return None
 
 
-__all__ = ["OcppCharger", "OcppChargerConfig", "SmartChargingRejected", "BASE_PROFILE_ID", "DYNAMIC_PROFILE_ID"]
+__all__ = ["OcppCharger", "OcppChargerConfig", "SmartChargingRejected", "RemoteCommandRejected",
+          "BASE_PROFILE_ID", "DYNAMIC_PROFILE_ID"]
