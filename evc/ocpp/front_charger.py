@@ -310,7 +310,9 @@ class BridgedCharger:
         if action == "RemoteStartTransaction" and self._remote is not None:
             id_tag, self._remote = self._remote, None
             if self.charger is not None:
-                self.charger.authorize(id_tag)
+                # Answered Accepted already (OCPP answers before acting); a refusal that comes later is the charger's
+                # to log, and must not end as an unhandled error here.
+                self._quietly(self.charger.authorize, id_tag)
         elif action == "RemoteStopTransaction" and self._remote is not None:
             self._remote = None
             self._end_session("Remote")
@@ -767,8 +769,15 @@ class BridgedCharger:
         tracker = self.tracker
         if tracker is not None and tracker.session is not None:
             tracker.end(reason)        # first, so the session ends with this reason, not the charger's own
-        deauthorize()
+        self._quietly(deauthorize)
         return True
+
+    def _quietly(self, fn, *args) -> None:
+        """Run a charger command whose outcome the backend has been told already; its failure is logged once."""
+        d = defer.maybeDeferred(fn, *args)
+        d.addErrback(lambda f: log.warn("{charger}: {command} failed after the backend was answered: {error}",
+                                        charger=self.label, command=getattr(fn, "__name__", "command"),
+                                        error=f.getErrorMessage()))
 
     # -- commands from the backend: each returns the ocpp call_result --
 

@@ -307,6 +307,25 @@ def test_remote_start_authorizes_the_charger_and_remote_stop_ends_the_session(ri
     assert rig.state("last_action") == "RemoteStopTransaction: Accepted"
 
 
+def test_a_charger_refusing_a_remote_command_after_the_answer_is_logged_not_left_unhandled(rig):
+    """OCPP answers the backend before acting: a later refusal by the charger is logged once, naming the charger,
+    and never ends as an unhandled error."""
+    from twisted.internet import defer
+    from twisted.logger import globalLogPublisher
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        rig.charger.plug()
+        rig.charger.authorize = lambda id_tag: defer.fail(RuntimeError("charge point said Rejected"))
+        assert rig.handle("RemoteStartTransaction", id_tag="REMOTE1").status == "Accepted"
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    failures = [e for e in seen if e.get("log_failure") is not None]
+    warned = [e for e in seen if e.get("command") == "<lambda>" or "failed after the backend was answered"
+              in e.get("log_format", "")]
+    assert not failures and len(warned) == 1 and warned[0]["error"] == "charge point said Rejected"
+
+
 def test_remote_start_is_refused_where_the_charger_cannot_be_authorized():
     rig = Rig()
     rig.charger.authorize = None
