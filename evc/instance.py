@@ -78,3 +78,38 @@ class Instance(service.Service):
         if extra:
             raise ConfigError(f"config/{sorted(extra)[0]}: not a setting of {cls.kind} type {cls.type_name}")
         return cls.Config(**doc)
+
+
+def named(selection: Any, name: str) -> bool:
+    """Whether a `"*"`-or-list setting (e.g. `chargers`) names `name`."""
+    return selection == "*" or name in selection
+
+
+def select_instances(ctx: Context, kind: str, selection: Any, log=None) -> dict:
+    """The running instances a `"*"`-or-list setting names. A listed one that is not running is logged (the
+    supervisor reports why in its own state/error) and left out; `follow_instances` picks it up once it starts."""
+    if selection == "*":
+        return ctx.find(kind)
+    found = {}
+    for name in selection:
+        try:
+            found[name] = ctx.resolve(kind, name)
+        except ConfigError:
+            if log is not None:
+                log.warn("{instance}: {kind} {name} is not running", instance=ctx.key, kind=kind, name=name)
+    return found
+
+
+def follow_instances(ctx: Context, kind: str, selection: Any, started: Callable, stopped: Callable) -> Callable:
+    """Call started(name, svc) / stopped(name, svc) as instances of `kind` that `selection` names start and stop
+    (a config change restarts an instance: stopped, then started with a new service). Returns unsubscribe()."""
+    if ctx.events is None:
+        return lambda: None
+
+    def on_instance(topic: tuple, event) -> None:
+        if len(topic) < 3 or not named(selection, topic[2]):
+            return
+        what, svc = event
+        (started if what == "started" else stopped)(topic[2], svc)
+
+    return ctx.events.subscribe(("instance", kind), on_instance)

@@ -47,7 +47,7 @@ from evc.control.allocation import (
     PHASES, ChargerInput, Inputs, MeterReading, Result, SiteLimits, allocate,
 )
 from evc.errors import ConfigError
-from evc.instance import Instance
+from evc.instance import Instance, follow_instances, named, select_instances
 from evc.meter.base import IMeter, Reading
 from evc.registry import CONTROLS
 
@@ -115,7 +115,7 @@ class BuiltinConfig:
                           min_on_s=self.min_on_s, min_off_s=self.min_off_s, deadband_A=self.deadband_A)
 
     def follows(self, name: str) -> bool:
-        return self.chargers == "*" or name in self.chargers
+        return named(self.chargers, name)
 
 
 @dataclasses.dataclass
@@ -169,20 +169,12 @@ class BuiltinControl(Instance):
         super().startService()
         self.meter = meter
         self._unsubs.append(meter.subscribe(self._on_reading))
-        if self.config.chargers == "*":
-            found = self.ctx.find("charger")
-        else:
-            found = {}
-            for name in self.config.chargers:
-                try:
-                    found[name] = self.ctx.resolve("charger", name)
-                except ConfigError:
-                    log.warn("{control}: charger {charger} is not running", control=self.ctx.key, charger=name)
-        for name, inst in sorted(found.items()):
+        for name, inst in sorted(select_instances(self.ctx, "charger", self.config.chargers, log).items()):
             self._add(name, inst)
+        self._unsubs.append(follow_instances(self.ctx, "charger", self.config.chargers,
+                                             self._charger_started, self._charger_stopped))
         events = self.ctx.events
         if events is not None:
-            self._unsubs.append(events.subscribe(("instance", "charger"), self._on_instance))
             self._unsubs.append(events.subscribe(("session",), self._on_session))
             self._unsubs.append(events.subscribe(("authorization",), self._on_session))
             self._unsubs.append(events.subscribe(("store",), self._on_store))
@@ -266,19 +258,16 @@ class BuiltinControl(Instance):
         if len(topic) > 1 and topic[1] in self.chargers:
             self.recompute(f"{topic[0]} at {topic[1]}")
 
-    def _on_instance(self, topic: tuple, event) -> None:
-        if len(topic) < 3 or not self.config.follows(topic[2]):
+    def _charger_started(self, name: str, svc) -> None:
+        self._add(name, svc)
+        self.recompute(f"charger {name} started")
+
+    def _charger_stopped(self, name: str, svc) -> None:
+        driven = self.chargers.get(name)
+        if driven is None or driven.instance is not svc:
             return
-        name = topic[2]
-        what, svc = event
-        if what == "started":
-            self._add(name, svc)
-        elif what == "stopped":
-            driven = self.chargers.get(name)
-            if driven is None or driven.instance is not svc:
-                return
-            self._remove(name)
-        self.recompute(f"charger {name} {what}")
+        self._remove(name)
+        self.recompute(f"charger {name} stopped")
 
     def _on_cap(self, topic: tuple, event) -> None:
         if len(topic) < 2:

@@ -28,7 +28,7 @@ from evc.auth import AuthResult, IAuthorizer, local_lookup
 from evc.charger.base import ICharger
 from evc.control.builtin import ICapSource
 from evc.errors import ConfigError
-from evc.instance import Instance
+from evc.instance import Instance, follow_instances, named, select_instances
 from evc.ocpp.front_charger import BridgedCharger
 from evc.ocpp.outbox import Writer
 from evc.registry import FRONTS
@@ -90,7 +90,7 @@ class OcppFrontConfig:
             raise ConfigError("config/free_id_tag: 1 to 20 characters (an OCPP idTag)")
 
     def covers(self, name: str) -> bool:
-        return self.chargers == "*" or name in self.chargers
+        return named(self.chargers, name)
 
 
 @FRONTS.register("ocpp")
@@ -114,19 +114,10 @@ class OcppFront(Instance):
         if self.ctx.store is None:
             raise ConfigError("type: front/ocpp needs the store for its outbox")
         super().startService()
-        if self.config.chargers == "*":
-            found = self.ctx.find("charger")
-        else:
-            found = {}
-            for name in self.config.chargers:
-                try:
-                    found[name] = self.ctx.resolve("charger", name)
-                except ConfigError:
-                    log.warn("{front}: charger {charger} is not running", front=self.ctx.key, charger=name)
-        for name, inst in sorted(found.items()):
+        for name, inst in sorted(select_instances(self.ctx, "charger", self.config.chargers, log).items()):
             self._add(name, inst)
-        if self.ctx.events is not None:
-            self._unsubs.append(self.ctx.events.subscribe(("instance", "charger"), self._on_instance))
+        self._unsubs.append(follow_instances(self.ctx, "charger", self.config.chargers,
+                                             self._charger_started, self._charger_stopped))
 
     def stopService(self):
         super().stopService()
@@ -171,21 +162,18 @@ class OcppFront(Instance):
             self.ctx.state.delete(f"{name}/{leaf}")
         return d
 
-    def _on_instance(self, topic: tuple, event) -> None:
-        if len(topic) < 3 or not self.config.covers(topic[2]) or not self.running:
-            return
-        name = topic[2]
-        what, svc = event
-        if what == "started":
+    def _charger_started(self, name: str, svc) -> None:
+        if self.running:
             self._add(name, svc)
-        elif what == "stopped":
-            bridged = self.bridged.get(name)
-            if bridged is None or bridged.charger is not svc:
-                return
-            bridged.detach()
-            bridged._status_changed()
-            # Removed for good, or restarted with a new config? Keep the link for a moment to see.
-            self._grace[name] = self.ctx.clock.callLater(DETACH_GRACE_S, self._remove, name)
+
+    def _charger_stopped(self, name: str, svc) -> None:
+        bridged = self.bridged.get(name)
+        if not self.running or bridged is None or bridged.charger is not svc:
+            return
+        bridged.detach()
+        bridged._status_changed()
+        # Removed for good, or restarted with a new config? Keep the link for a moment to see.
+        self._grace[name] = self.ctx.clock.callLater(DETACH_GRACE_S, self._remove, name)
 
     # -- IAuthorizer --
 
