@@ -6,6 +6,8 @@ from typing import Callable, Literal, Optional
 
 from zope.interface import Attribute, Interface
 
+from evc.errors import ConfigError
+
 Vehicle = Literal["none", "plugged", "charging", "fault", "unknown"]
 
 
@@ -45,3 +47,24 @@ class ICharger(Interface):
 
     def subscribe(callback: Callable[[ChargerStatus], None]) -> Callable[[], None]:
         """Call `callback(status)` whenever the status changes (plug, charge, fault, online); returns unsubscribe()."""
+
+
+GRID_PHASES = ("L1", "L2", "L3")
+PHASE_INDEX = {p: i for i, p in enumerate(GRID_PHASES)}   # a grid phase's index in a meter Reading's tuples
+
+
+def check_common_config(cfg) -> None:
+    """The settings every charger type shares (A_max, mode, phases, phase_map), checked the same way everywhere;
+    fills in the default phase_map (L1.. for the charger's phases). Errors name the leaf."""
+    if not 6 <= cfg.A_max <= 80:
+        raise ConfigError(f"config/A_max: {cfg.A_max} is outside 6..80")
+    if cfg.mode not in ("OFF", "ON"):
+        raise ConfigError(f"config/mode: {cfg.mode!r} is not OFF or ON")
+    if cfg.phases not in (1, 3):
+        raise ConfigError(f"config/phases: {cfg.phases} is not 1 or 3")
+    phase_map = tuple(cfg.phase_map) if cfg.phase_map is not None else GRID_PHASES[:cfg.phases]
+    if len(phase_map) != cfg.phases:
+        raise ConfigError(f"config/phase_map: {len(phase_map)} entries for {cfg.phases} phase(s)")
+    if any(p not in GRID_PHASES for p in phase_map) or len(set(phase_map)) != len(phase_map):
+        raise ConfigError(f"config/phase_map: {list(phase_map)} must name distinct phases among L1, L2, L3")
+    object.__setattr__(cfg, "phase_map", phase_map)

@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from evc.bus.client import IModbusBus
 from evc.bus.errors import ModbusError, ModbusException
-from evc.charger.base import ChargerStatus, ICharger
+from evc.charger.base import PHASE_INDEX, ChargerStatus, ICharger, check_common_config
 from evc.conn import IBusAddresses
 from evc.errors import ConfigError
 from evc.events import Subscribers
@@ -71,7 +71,6 @@ STATUS_VENT_FAIL = 1 << 2
 STATUS_RCD = (1 << 4) | (1 << 5)
 
 VEHICLE = {1: "none", 2: "plugged", 3: "charging", 4: "charging", 5: "fault"}
-PHASE_INDEX = {"L1": 0, "L2": 1, "L3": 2}
 IEC_MIN_A = 6
 ACTUAL_DEADBAND_A = 0.05
 
@@ -94,20 +93,9 @@ class EvccManualConfig:
     def __post_init__(self):
         if not 1 <= self.conn_port <= 247:
             raise ConfigError(f"config/conn_port: {self.conn_port} is outside 1..247")
-        if not 6 <= self.A_max <= 80:
-            raise ConfigError(f"config/A_max: {self.A_max} is outside 6..80")
-        if self.mode not in ("OFF", "ON"):
-            raise ConfigError(f"config/mode: {self.mode!r} is not OFF or ON")
+        check_common_config(self)
         if self.auth not in ("none", "token"):
             raise ConfigError(f"config/auth: {self.auth!r} is not none or token")
-        if self.phases not in (1, 3):
-            raise ConfigError(f"config/phases: {self.phases} is not 1 or 3")
-        phase_map = tuple(self.phase_map) if self.phase_map is not None else ("L1", "L2", "L3")[:self.phases]
-        if len(phase_map) != self.phases:
-            raise ConfigError(f"config/phase_map: {len(phase_map)} entries for {self.phases} phase(s)")
-        if any(p not in PHASE_INDEX for p in phase_map) or len(set(phase_map)) != len(phase_map):
-            raise ConfigError(f"config/phase_map: {list(phase_map)} must name distinct phases among L1, L2, L3")
-        object.__setattr__(self, "phase_map", phase_map)
         if self.interval_s <= 0:
             raise ConfigError("config/interval_s: must be more than 0")
 

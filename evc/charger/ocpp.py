@@ -66,7 +66,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from evc.auth import AuthResult, authorize, local_lookup
-from evc.charger.base import ChargerStatus, ICharger
+from evc.charger.base import PHASE_INDEX, ChargerStatus, ICharger, check_common_config
 from evc.errors import ConfigError
 from evc.instance import Instance
 from evc.meter.base import IMeter, Reading
@@ -77,7 +77,6 @@ from evc.session import REASONS, SessionTracker, iso_utc
 
 log = Logger(namespace="evc.charger.ocpp")
 
-PHASE_INDEX = {"L1": 0, "L2": 1, "L3": 2}
 IEC_MIN_A = 6
 ACTUAL_DEADBAND_A = 0.05
 
@@ -127,20 +126,9 @@ class OcppChargerConfig:
     type: str | None = None
 
     def __post_init__(self):
-        if not 6 <= self.A_max <= 80:
-            raise ConfigError(f"config/A_max: {self.A_max} is outside 6..80")
+        check_common_config(self)
         if self.connector < 1:
             raise ConfigError(f"config/connector: {self.connector} is not a connector number (1, 2, ...)")
-        if self.mode not in ("OFF", "ON"):
-            raise ConfigError(f"config/mode: {self.mode!r} is not OFF or ON")
-        if self.phases not in (1, 3):
-            raise ConfigError(f"config/phases: {self.phases} is not 1 or 3")
-        phase_map = tuple(self.phase_map) if self.phase_map is not None else ("L1", "L2", "L3")[:self.phases]
-        if len(phase_map) != self.phases:
-            raise ConfigError(f"config/phase_map: {len(phase_map)} entries for {self.phases} phase(s)")
-        if any(p not in PHASE_INDEX for p in phase_map) or len(set(phase_map)) != len(phase_map):
-            raise ConfigError(f"config/phase_map: {list(phase_map)} must name distinct phases among L1, L2, L3")
-        object.__setattr__(self, "phase_map", phase_map)
         if self.cp_id is not None and (not self.cp_id or "/" in self.cp_id):
             raise ConfigError("config/cp_id: must be non-empty and contain no '/'")
         if self.password_hash is not None:
