@@ -68,3 +68,23 @@ def check_common_config(cfg) -> None:
     if any(p not in GRID_PHASES for p in phase_map) or len(set(phase_map)) != len(phase_map):
         raise ConfigError(f"config/phase_map: {list(phase_map)} must name distinct phases among L1, L2, L3")
     object.__setattr__(cfg, "phase_map", phase_map)
+
+
+ACTUAL_DEADBAND_A = 0.05   # measured current: written to state only when it moves more than this
+
+
+def write_status(state, s: ChargerStatus, phase_map) -> None:
+    """A charger's status into its state leaves, the same for every charger type: vehicle, online, setpoint_A,
+    offered_A, actual_A/<grid phase> (deadbanded; removed while unknown) and fault (removed when clear)."""
+    state.update({"vehicle": s.vehicle, "online": s.online, "setpoint_A": s.setpoint_A})
+    if s.offered_A is not None:
+        state.set("offered_A", s.offered_A)
+    for phase, value in zip(phase_map, s.actual_A):
+        if value is None:
+            state.delete(f"actual_A/{phase}")
+        else:
+            state.set(f"actual_A/{phase}", round(value, 2), deadband=ACTUAL_DEADBAND_A)
+    if s.fault:
+        state.set("fault", s.fault)
+    else:
+        state.delete("fault")

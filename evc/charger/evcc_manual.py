@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from evc.bus.client import IModbusBus
 from evc.bus.errors import ModbusError, ModbusException
-from evc.charger.base import PHASE_INDEX, ChargerStatus, ICharger, check_common_config
+from evc.charger.base import PHASE_INDEX, ChargerStatus, ICharger, check_common_config, write_status
 from evc.conn import IBusAddresses
 from evc.errors import ConfigError
 from evc.events import Subscribers
@@ -72,7 +72,6 @@ STATUS_RCD = (1 << 4) | (1 << 5)
 
 VEHICLE = {1: "none", 2: "plugged", 3: "charging", 4: "charging", 5: "fault"}
 IEC_MIN_A = 6
-ACTUAL_DEADBAND_A = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -576,18 +575,7 @@ class EvccManual(Instance):
 
     def _write_state(self, s: ChargerStatus) -> None:
         state = self.ctx.state
-        state.update({"vehicle": s.vehicle, "online": s.online, "setpoint_A": s.setpoint_A})
-        if s.offered_A is not None:
-            state.set("offered_A", s.offered_A)
+        write_status(state, s, self.config.phase_map)
         state.set("cable_A", s.limit_A if s.limit_A is not None else 0)
-        for phase, value in zip(self.config.phase_map, s.actual_A):
-            if value is None:
-                state.delete(f"actual_A/{phase}")
-            else:
-                state.set(f"actual_A/{phase}", round(value, 2), deadband=ACTUAL_DEADBAND_A)
-        if s.fault:
-            state.set("fault", s.fault)
-        else:
-            state.delete("fault")
         if self.firmware is not None:
             state.set("firmware", self.firmware)

@@ -66,8 +66,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from evc.auth import AuthResult, authorize, local_lookup
-from evc.charger.base import PHASE_INDEX, ChargerStatus, ICharger, check_common_config
+from evc.charger.base import PHASE_INDEX, ChargerStatus, ICharger, check_common_config, write_status
 from evc.errors import ConfigError
+from evc.events import Subscribers
 from evc.instance import Instance
 from evc.meter.base import IMeter, Reading
 from evc.ocpp import cs_auth
@@ -78,7 +79,6 @@ from evc.session import REASONS, SessionTracker, iso_utc
 log = Logger(namespace="evc.charger.ocpp")
 
 IEC_MIN_A = 6
-ACTUAL_DEADBAND_A = 0.05
 
 BASE_PROFILE_ID = 1
 DYNAMIC_PROFILE_ID = 2
@@ -190,7 +190,7 @@ class OcppCharger(Instance):
         self.data_transfer_handlers: dict[str, Callable[[str | None, Any], Any]] = {}
         self._unregister: Callable[[], None] | None = None
         self._unsubs: list[Callable[[], None]] = []
-        self._subscribers: list[Callable[[ChargerStatus], None]] = []
+        self._subscribers = Subscribers(ctx.key, "status subscriber")
         self._connected_s: float | None = None
         self._seen_s: float | None = None
         # what the charge point told
@@ -266,12 +266,7 @@ class OcppCharger(Instance):
         return d
 
     def subscribe(self, callback: Callable[[ChargerStatus], None]) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-        return unsubscribe
+        return self._subscribers.add(callback)
 
     # --- service ---
 
@@ -920,28 +915,12 @@ class OcppCharger(Instance):
         self._feed_sessions()
         if dataclasses.replace(old, updated=None) == dataclasses.replace(new, updated=None):
             return
-        for callback in list(self._subscribers):
-            try:
-                callback(new)
-            except Exception:
-                log.failure("{charger}: a status subscriber failed", charger=self.ctx.key)
+        self._subscribers.notify(new)
         if self.ctx.events is not None:
             self.ctx.events.publish(("charger", self.ctx.name), new)
 
     def _write_state(self, s: ChargerStatus) -> None:
-        state = self.ctx.state
-        state.update({"vehicle": s.vehicle, "online": s.online, "setpoint_A": s.setpoint_A})
-        if s.offered_A is not None:
-            state.set("offered_A", s.offered_A)
-        for phase, value in zip(self.config.phase_map, s.actual_A):
-            if value is None:
-                state.delete(f"actual_A/{phase}")
-            else:
-                state.set(f"actual_A/{phase}", round(value, 2), deadband=ACTUAL_DEADBAND_A)
-        if s.fault:
-            state.set("fault", s.fault)
-        else:
-            state.delete("fault")
+        write_status(self.ctx.state, s, self.config.phase_map)
 
     # --- the local authorization list ---
 
