@@ -272,8 +272,21 @@ def _store_problem(args, e: Exception) -> Problem:
     return Problem(text)
 
 
-async def _read_root(store, root: str):
-    return (await store.range(root + "/", prefix=True)).kvs
+async def _read_root(store, args):
+    """Every key under --root; a store problem becomes a Problem naming etcd and what to check."""
+    try:
+        return (await store.range(args.root + "/", prefix=True)).kvs
+    except StoreError as e:
+        raise _store_problem(args, e) from None
+
+
+async def _read_root_once(args, reactor):
+    """_read_root on a store opened for this one read."""
+    store = open_store(args, reactor)
+    try:
+        return await _read_root(store, args)
+    finally:
+        await store.close()
 
 
 # --- commands ---
@@ -282,10 +295,7 @@ async def cmd_load(args, reactor, out: TextIO, err: TextIO, catalog: Catalog | N
     site = read_site_file(args.file)
     store = open_store(args, reactor)
     try:
-        try:
-            kvs = await _read_root(store, args.root)
-        except StoreError as e:
-            raise _store_problem(args, e) from None
+        kvs = await _read_root(store, args)
         existing = {kv.key: kv.value for kv in kvs}
         config_keys = {k for k in existing if (p := parse_key(args.root, k)) and p.section in ("type", "config")}
         present = set() if args.replace else {parse_key(args.root, k).instance for k in config_keys}
@@ -322,14 +332,7 @@ async def cmd_load(args, reactor, out: TextIO, err: TextIO, catalog: Catalog | N
 
 
 async def cmd_dump(args, reactor, out: TextIO, err: TextIO, catalog: Catalog | None = None) -> int:
-    store = open_store(args, reactor)
-    try:
-        try:
-            kvs = await _read_root(store, args.root)
-        except StoreError as e:
-            raise _store_problem(args, e) from None
-    finally:
-        await store.close()
+    kvs = await _read_root_once(args, reactor)
     doc = dump_document([(kv.key, kv.value) for kv in kvs], args.root, catalog)
     if not doc:
         print(f"nothing is configured under {args.root}", file=err)
@@ -526,14 +529,7 @@ def live_summary(inst: InstanceStatus) -> str:
 
 
 async def cmd_status(args, reactor, out: TextIO, err: TextIO, catalog: Catalog | None = None) -> int:
-    store = open_store(args, reactor)
-    try:
-        try:
-            kvs = await _read_root(store, args.root)
-        except StoreError as e:
-            raise _store_problem(args, e) from None
-    finally:
-        await store.close()
+    kvs = await _read_root_once(args, reactor)
     instances = collect_status([(kv.key, kv.value) for kv in kvs], args.root)
     if args.json:
         json.dump([i.as_json() for i in instances], out, indent=2, sort_keys=True)
