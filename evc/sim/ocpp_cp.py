@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import math
 import ssl
 import sys
@@ -1761,11 +1760,9 @@ def main(argv=None) -> None:
     if "twisted.internet.reactor" not in sys.modules:
         asyncioreactor.install()
     from twisted.internet import reactor
-    from twisted.internet.interfaces import IHalfCloseableProtocol
-    from twisted.internet.stdio import StandardIO
     from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.protocols.basic import LineOnlyReceiver
-    from zope.interface import implementer
+
+    from evc.sim.commands import listen_stdin
 
     # stdout carries the JSON answers; the log goes to stderr.
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
@@ -1781,42 +1778,15 @@ def main(argv=None) -> None:
     except ValueError as e:
         parser.error(str(e))
 
-    @implementer(IHalfCloseableProtocol)
-    class Control(LineOnlyReceiver):
-        delimiter = b"\n"
-
-        # A script may pipe its commands and close stdin at once: the answers must still go out, and the
-        # charger keeps running until it is signalled.
-        def readConnectionLost(self):
-            pass
-
-        def writeConnectionLost(self):
-            pass
-
-        def lineReceived(self, line):
-            self.sendLine(json.dumps(run_command(sim, line.decode("utf-8", "replace"))).encode())
-
     sim.start(reactor)
     # Counted from the first accepted boot: a tag shown before the CS answers would be judged offline.
     if args.plug_at is not None:
         sim.call_when_accepted(lambda: reactor.callLater(args.plug_at, sim.plug, 1, args.id_tag))
     if args.unplug_at is not None:
         sim.call_when_accepted(lambda: reactor.callLater(args.unplug_at, sim.unplug, 1))
-    if _pollable(sys.stdin):
-        StandardIO(Control())
+    listen_stdin(lambda line: run_command(sim, line), sys.stdin)
     reactor.addSystemEventTrigger("before", "shutdown", sim.stop, reactor)
     reactor.run()
-
-
-def _pollable(stream) -> bool:
-    """Whether `stream` can be watched by the reactor (a tty, pipe or socket; not /dev/null or a file)."""
-    import os
-    import stat
-    try:
-        mode = os.fstat(stream.fileno()).st_mode
-    except (AttributeError, OSError, ValueError):
-        return False
-    return stream.isatty() or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 if __name__ == "__main__":

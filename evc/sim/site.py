@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import stat
 import sys
 from collections.abc import Sequence
 
@@ -448,15 +446,6 @@ def config_from_args(args) -> dict:
     }
 
 
-def _pollable(stream) -> bool:
-    """Whether `stream` can be watched by the reactor (a tty, pipe or socket; not /dev/null or a file)."""
-    try:
-        mode = os.fstat(stream.fileno()).st_mode
-    except (AttributeError, OSError, ValueError):
-        return False
-    return stream.isatty() or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m evc.sim.site", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="site YAML (buses, evses, cars, meter); overrides the flags below")
@@ -482,40 +471,23 @@ def main(argv=None) -> None:
     if "twisted.internet.reactor" not in sys.modules:
         asyncioreactor.install()
     from twisted.internet import reactor
-    from twisted.internet.interfaces import IHalfCloseableProtocol
-    from twisted.internet.protocol import Factory
-    from twisted.internet.stdio import StandardIO
     from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.protocols.basic import LineOnlyReceiver
-    from zope.interface import implementer
+
+    from evc.sim.commands import CommandFactory, listen_stdin
 
     # stdout carries the JSON lines scripts read; the log goes to stderr.
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     site, meter_port = SimSite.from_config(reactor, config_from_args(args))
     endpoints = site.start(meter_port=meter_port)
 
-    @implementer(IHalfCloseableProtocol)
-    class Control(LineOnlyReceiver):
-        delimiter = b"\n"
-
-        # A script may pipe its commands and close stdin at once: the answers must still go out, and the
-        # site keeps running until it is signalled.
-        def readConnectionLost(self):
-            pass
-
-        def writeConnectionLost(self):
-            pass
-
-        def lineReceived(self, line):
-            answer = run_command(site, line.decode("utf-8", "replace"))
-            self.sendLine(json.dumps(answer).encode())
+    def control(line: str) -> dict:
+        return run_command(site, line)
 
     if args.control_port is not None:
-        listener = reactor.listenTCP(args.control_port, Factory.forProtocol(Control), interface="127.0.0.1")
+        listener = reactor.listenTCP(args.control_port, CommandFactory(control), interface="127.0.0.1")
         endpoints["control"] = f"127.0.0.1:{listener.getHost().port}"
     print(json.dumps(endpoints), flush=True)
-    if _pollable(sys.stdin):
-        StandardIO(Control())
+    listen_stdin(control, sys.stdin)
     reactor.addSystemEventTrigger("before", "shutdown", site.stop)
     reactor.run()
 
