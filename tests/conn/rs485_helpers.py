@@ -10,37 +10,7 @@ from evc.conn.rs485 import Rs485Conn
 from evc.events import EventBus
 from evc.instance import Context
 from evc.sim.rs485 import SimRs485Bus
-
-
-class FakeState:
-    """Applies deadbands like evc.state.StateWriter and records what would reach etcd."""
-
-    def __init__(self):
-        self.values: dict = {}
-        self.writes: list = []
-
-    def set(self, path, value, deadband=None):
-        old = self.values.get(path)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if deadband is not None and number and isinstance(old, (int, float)) and not isinstance(old, bool) \
-                and abs(value - old) <= deadband:
-            return
-        if path in self.values and old == value and type(old) is type(value):
-            return
-        self.values[path] = value
-        self.writes.append((path, value))
-
-    def update(self, values, deadband=None):
-        for path, value in values.items():
-            self.set(path, value, deadband)
-
-    def delete(self, path):
-        if path in self.values:
-            del self.values[path]
-            self.writes.append((path, None))
-
-    def history(self, path):
-        return [v for p, v in self.writes if p == path]
+from evc.testing import RecordingState as FakeState
 
 
 def make_ctx(kind="charger", name="s1", clock=None, reactor=None, refs=None, events=None):

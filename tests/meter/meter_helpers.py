@@ -8,35 +8,7 @@ from evc.bus import codec
 from evc.bus.client import ModbusBus, ModbusClientProtocol
 from evc.instance import Context
 from evc.sim.modbus import ModbusServerFactory
-
-
-class FakeState:
-    """Applies deadbands like evc.state.StateWriter and records what would reach etcd."""
-
-    def __init__(self):
-        self.values: dict = {}
-        self.writes: list = []
-
-    def set(self, path, value, deadband=None):
-        old = self.values.get(path)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if deadband is not None and number and isinstance(old, (int, float)) and not isinstance(old, bool) \
-                and abs(value - old) <= deadband:
-            return
-        if path in self.values and old == value and type(old) is type(value):
-            return
-        self.values[path] = value
-        self.writes.append((path, value))
-
-    def update(self, values, deadband=None):
-        for path, value in values.items():
-            self.set(path, value, deadband)
-
-    def delete(self, path):
-        self.values.pop(path, None)
-
-    def count(self, path):
-        return sum(1 for p, _ in self.writes if p == path)
+from evc.testing import RecordingState as FakeState
 
 
 class _Pipe(StringTransport):
