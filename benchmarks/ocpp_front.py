@@ -32,7 +32,7 @@ import time
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT_DIR)
-sys.path.insert(0, os.path.join(ROOT_DIR, "tests", "ocpp_front"))
+sys.path.insert(0, os.path.join(ROOT_DIR, "tests", "front", "ocpp"))
 
 
 def serve_backend(port: int) -> None:
@@ -79,7 +79,7 @@ from twisted.internet import defer, reactor, task  # noqa: E402
 
 from evc.etcdserver import EtcdServer, free_port  # noqa: E402
 from evc.instance import Context  # noqa: E402
-from evc.ocpp.front import OcppFront, OcppFrontConfig  # noqa: E402
+from evc.front.ocpp import OcppFront, OcppFrontConfig  # noqa: E402
 from evc.store.etcd import EtcdStore  # noqa: E402
 from evc.store.interface import Put  # noqa: E402
 from evc.testing import wait_for  # noqa: E402

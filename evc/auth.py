@@ -43,7 +43,7 @@ class IAuthorizer(Interface):
 
 
 class ITokenList(Interface):
-    """The local token list: `token/<idTag>` instances (see evc/token.py)."""
+    """The local token list: `token/<idTag>` instances (see evc/token/token.py)."""
 
     def lookup(id_tag: str, charger: str, now: datetime.datetime) -> AuthResult:
         """The local answer for `id_tag` at `charger`."""

@@ -68,10 +68,10 @@ IMPLEMENTATIONS = (
     "evc.conn.rs485",
     "evc.charger.evcc_manual",
     "evc.control.builtin",
-    "evc.ocpp.server",
+    "evc.server.ocpp",
     "evc.charger.ocpp",
-    "evc.token",
-    "evc.ocpp.front",
+    "evc.token.token",
+    "evc.front.ocpp",
 )
 _loaded = False
 

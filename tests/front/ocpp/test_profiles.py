@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from evc.ocpp.front_profiles import (
+from evc.front.ocpp.profiles import (
     Tx, composite, iso, limit_at, next_change, parse_profile, parse_time,
 )
 

@@ -1,4 +1,4 @@
-"""front/ocpp against an upstream backend that is not ours (tests/ocpp_front/upstream.py, a separate process)."""
+"""front/ocpp against an upstream backend that is not ours (tests/front/ocpp/upstream.py, a separate process)."""
 from __future__ import annotations
 
 import pytest

@@ -14,7 +14,7 @@ messages must reach the backend in order, and must survive an outage). One key p
   in order, after the restart), never a gap.
 - Writes go out one transaction at a time, in the order they were asked for, batched; a failed write is retried
   with backoff and never drops anything (new messages wait behind it, in memory, in order).
-The sender (evc/ocpp/front_charger.py) decides what to send when; this module only keeps the queue.
+The sender (evc/front/ocpp/charger.py) decides what to send when; this module only keeps the queue.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from twisted.logger import Logger
 
 from evc.store.interface import Delete, Put
 
-log = Logger(namespace="evc.ocpp.outbox")
+log = Logger(namespace="evc.front.ocpp.outbox")
 
 SEQ_DIGITS = 12
 # etcd refuses transactions with more than --max-txn-ops (128 by default) operations.
@@ -248,7 +248,7 @@ class Outbox:
 
     def stop(self) -> defer.Deferred:
         """Stop (its own writer: fires when the write in flight is done). Unwritten messages are lost only if EVC
-        stops while the store is unreachable; they were never sent, and front_charger re-creates the transaction
+        stops while the store is unreachable; they were never sent, and charger.py re-creates the transaction
         messages from the sessions on the next start."""
         self.on_ready = lambda: None
         return self.writer.stop() if self._own_writer else defer.succeed(None)

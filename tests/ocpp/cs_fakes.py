@@ -109,7 +109,7 @@ class FakeServer:
 
 
 def token(status="Accepted", expiry=None, chargers="*", parent_id_tag=None):
-    from evc.token import TokenConfig
+    from evc.token.token import TokenConfig
     return type("T", (), {"config": TokenConfig(status=status, expiry=expiry, chargers=chargers,
                                                 parent_id_tag=parent_id_tag)})()
 

@@ -10,7 +10,7 @@ from zope.interface import implementer
 
 from evc.charger.base import ChargerStatus, ICharger
 from evc.instance import Instance
-from evc.ocpp.front import OcppFront, OcppFrontConfig
+from evc.front.ocpp import OcppFront, OcppFrontConfig
 from evc.errors import ConfigError
 from evc.schema import Catalog, schema_dir
 from evc.store.memory import MemoryStore

@@ -18,8 +18,8 @@ from evc.charger.base import ChargerStatus, ICharger
 from evc.etcdserver import free_port
 from evc.events import EventBus
 from evc.instance import Context
-from evc.ocpp.front import OcppFront, OcppFrontConfig
-from evc.ocpp.front_link import CallFailed, LinkDown
+from evc.front.ocpp import OcppFront, OcppFrontConfig
+from evc.front.ocpp.link import CallFailed, LinkDown
 from evc.session import SessionTracker
 from evc.testing import wait_for
 
@@ -44,7 +44,7 @@ class State:
 
 
 class Upstream:
-    """tests/ocpp_front/upstream.py as a child process on a fixed port (so a restart comes back at the same URL)."""
+    """tests/front/ocpp/upstream.py as a child process on a fixed port (so a restart comes back at the same URL)."""
 
     def __init__(self, tmp_path, *, behave=None, tls=None, password=None, port=None):
         self.record_path = tmp_path / f"upstream-{id(self)}.jsonl"
@@ -194,7 +194,7 @@ class FakeCharger:
 
 
 class FakeLink:
-    """Stands in for front_link.Link: records calls; the test answers them."""
+    """Stands in for evc.front.ocpp.link.Link: records calls; the test answers them."""
 
     def __init__(self, state="accepted"):
         self.state = state

@@ -2,9 +2,9 @@
 
 What it does (docs/front-ocpp.md explains it for operators):
 - one websocket per covered charger to `url` + "/" + identity, reconnecting with jittered exponential backoff,
-  BootNotification / Heartbeat / StatusNotification and websocket ping (evc/ocpp/front_link.py);
+  BootNotification / Heartbeat / StatusNotification and websocket ping (evc/front/ocpp/link.py);
 - StartTransaction, StopTransaction and MeterValues through a durable outbox in etcd, delivered in order after an
-  outage or a restart (evc/ocpp/outbox.py, evc/ocpp/front_charger.py);
+  outage or a restart (evc/front/ocpp/outbox.py, evc/front/ocpp/charger.py);
 - authorization upstream (IAuthorizer: `evc.auth.authorize` asks this front first for the chargers it covers),
   with an offline rule and a bound on the wait;
 - commands from the backend; charging profiles become caps that control merges into its allocation (ICapSource
@@ -29,11 +29,11 @@ from evc.charger.base import ICharger
 from evc.control.builtin import ICapSource
 from evc.errors import ConfigError
 from evc.instance import Instance, follow_instances, named, select_instances
-from evc.ocpp.front_charger import BridgedCharger
-from evc.ocpp.outbox import Writer
+from evc.front.ocpp.charger import BridgedCharger
+from evc.front.ocpp.outbox import Writer
 from evc.registry import FRONTS
 
-log = Logger(namespace="evc.ocpp.front")
+log = Logger(namespace="evc.front.ocpp")
 
 # A charger instance that stopped is kept bridged this long (its link stays open) in case it is being restarted
 # (a config change stops and starts it).

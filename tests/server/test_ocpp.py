@@ -17,7 +17,7 @@ from cs_rig import (
 from evc.ocpp.bridge import to_deferred
 from evc.ocpp.cs_auth import hash_password
 from evc.charger.ocpp import OcppCharger
-from evc.ocpp.server import OcppServer, OcppServerConfig, host_port
+from evc.server.ocpp import OcppServer, OcppServerConfig, host_port
 from evc.errors import ConfigError
 
 

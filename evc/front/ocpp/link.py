@@ -1,7 +1,7 @@
 """One bridged charger's websocket to the upstream CSMS (front/ocpp): connect, boot, heartbeat, reconnect, calls.
 
 EVC is the charge point here. The asyncio side (websockets + the ocpp library's v16 ChargePoint) stays in this module;
-`Link` offers Deferreds to front_charger.py and runs its timers on the injected Twisted clock:
+`Link` offers Deferreds to charger.py and runs its timers on the injected Twisted clock:
 
     link = Link(host, settings, clock, reactor)       # host: the BridgedCharger (see `LinkHost`)
     link.start()                                       # connects, then keeps connecting (jittered backoff)
@@ -35,11 +35,11 @@ from twisted.logger import Logger
 
 from evc.ocpp.bridge import to_deferred
 
-log = Logger(namespace="evc.ocpp.front")
+log = Logger(namespace="evc.front.ocpp")
 
 # The ocpp library logs every frame (id tags included) at INFO and bad frames with their content: EVC logs what
 # matters itself, without tokens, so the library's own logger goes nowhere.
-_wire_log = logging.getLogger("evc.ocpp.front.wire")
+_wire_log = logging.getLogger("evc.front.ocpp.wire")
 _wire_log.addHandler(logging.NullHandler())
 _wire_log.propagate = False
 
@@ -82,7 +82,7 @@ class LinkSettings:
 
 
 class LinkHost:
-    """What a Link calls on its owner (front_charger.BridgedCharger implements it)."""
+    """What a Link calls on its owner (charger.BridgedCharger implements it)."""
 
     def link_state(self, state: str, why: str = "") -> None:
         """The link changed state (one of STATES)."""

@@ -1,7 +1,7 @@
 """One charger bridged to the upstream CSMS by front/ocpp: sessions -> transactions, status, meter values, commands.
 
 Each covered charger is its own OCPP 1.6 charge point upstream (one connector, id 1), with its own websocket
-(front_link.Link) and its own durable outbox (outbox.Outbox). What goes where:
+(link.Link) and its own durable outbox (outbox.Outbox). What goes where:
 - Sessions (("session", charger) events from the charger's SessionTracker) become StartTransaction when authorized
   and StopTransaction when ended; while a transaction is open, MeterValues are sampled every
   MeterValueSampleInterval. These three go through the outbox, in order, retried per TransactionMessageAttempts /
@@ -28,14 +28,14 @@ from twisted.logger import Logger
 from evc.auth import AuthResult
 from evc.charger.base import ChargerStatus
 from evc.meter.base import IMeter
-from evc.ocpp import front_profiles as profiles_mod
-from evc.ocpp.front_link import CallFailed, Link, LinkDown, LinkSettings
-from evc.ocpp.front_profiles import Tx, parse_profile, parse_time
-from evc.ocpp.outbox import Outbox
+from evc.front.ocpp import profiles as profiles_mod
+from evc.front.ocpp.link import CallFailed, Link, LinkDown, LinkSettings
+from evc.front.ocpp.profiles import Tx, parse_profile, parse_time
+from evc.front.ocpp.outbox import Outbox
 from evc.session import REASONS, Session, SessionTracker, iso_utc
 from evc.store.interface import Delete, Put
 
-log = Logger(namespace="evc.ocpp.front")
+log = Logger(namespace="evc.front.ocpp")
 
 PHASES = ("L1", "L2", "L3")
 AUTHORIZED = ("authorized", "charging", "suspended")

@@ -8,7 +8,7 @@ from cs_rig import Site, asyncio_test, close_cp, connect_cp, until, wait
 from evc.auth import local_lookup
 from evc.errors import ConfigError
 from evc.ocpp.bridge import to_deferred
-from evc.token import TokenConfig
+from evc.token.token import TokenConfig
 
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)
 

@@ -8,8 +8,8 @@ from twisted.internet import defer, task
 
 from evc.charger.ocpp import OcppCharger, OcppChargerConfig
 from evc.instance import Context
-from evc.ocpp.front import OcppFront, OcppFrontConfig
-from evc.ocpp.front_charger import BridgedCharger
+from evc.front.ocpp import OcppFront, OcppFrontConfig
+from evc.front.ocpp.charger import BridgedCharger
 from evc.store.memory import MemoryStore
 from front_helpers import ROOT, FakeLink, Site, State
 

@@ -19,7 +19,7 @@ from evc.errors import ConfigError
 from evc.instance import Instance
 from evc.registry import TOKENS
 
-log = Logger(namespace="evc.token")
+log = Logger(namespace="evc.token.token")
 
 STATUSES = ("Accepted", "Blocked", "Expired")
 

@@ -8,9 +8,9 @@ from twisted.internet import task
 
 from evc.auth import AuthResult
 from evc.charger.base import ChargerStatus
-from evc.ocpp.front import OcppFront, OcppFrontConfig
-from evc.ocpp.front_charger import BridgedCharger, ocpp_status
-from evc.ocpp.front_link import LinkDown
+from evc.front.ocpp import OcppFront, OcppFrontConfig
+from evc.front.ocpp.charger import BridgedCharger, ocpp_status
+from evc.front.ocpp.link import LinkDown
 from evc.session import Session
 from evc.store.memory import MemoryStore
 from front_helpers import FakeCharger, FakeLink, Site

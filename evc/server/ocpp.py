@@ -45,7 +45,7 @@ from evc.ocpp.central import HARD_LIMIT_FACTOR, SUBPROTOCOL, CentralConnection
 from evc.registry import SERVERS
 from evc.store.interface import Compare, Put
 
-log = Logger(namespace="evc.ocpp.server")
+log = Logger(namespace="evc.server.ocpp")
 
 # How often a lost transaction-id race is retried before the StartTransaction fails (and the charger resends it).
 ALLOCATE_ATTEMPTS = 20

@@ -7,7 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
-from evc.ocpp.outbox import Outbox, Writer
+from evc.front.ocpp.outbox import Outbox, Writer
 from evc.store.etcd import EtcdStore
 from evc.store.interface import Put
 from evc.store.memory import MemoryStore

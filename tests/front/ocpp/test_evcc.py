@@ -1,8 +1,8 @@
 """front/ocpp bridging a real charger/EVCC_manual (on a simulated EVSE, task.Clock): remote start and stop work."""
 from __future__ import annotations
 
-from evc.ocpp.front import OcppFront, OcppFrontConfig
-from evc.ocpp.front_charger import BridgedCharger
+from evc.front.ocpp import OcppFront, OcppFrontConfig
+from evc.front.ocpp.charger import BridgedCharger
 from evc.sim.evse import SimEvse
 from evc.store.memory import MemoryStore
 from evse_rig import Rig as EvseRig

@@ -1,0 +1,1 @@
+"""The local authorization list: `token/<idTag>` instances (one type, also named token)."""
