@@ -27,6 +27,14 @@ class StateSink(Protocol):
         """Remove one state leaf."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A configured instance that is not running because of a config error (what `Context.problems` lists)."""
+    type_name: str | None       # the type string it names, None when that is what is wrong
+    error: str                  # the sentence in its state/error
+    leaves: dict[str, str]      # its raw config leaves as written in etcd ("cp_id" -> "WB-0042")
+
+
 @dataclasses.dataclass
 class Context:
     """What an instance gets from the supervisor. Nothing in an instance reaches for globals."""
@@ -40,6 +48,7 @@ class Context:
     reactor: Any = None                          # for connectTCP/listenTCP; tests pass MemoryReactor
     events: Any = None                           # evc.events.EventBus shared by every instance of the site
     find: Callable[[str], dict] = lambda kind: {}  # kind -> {name: running instance}, e.g. for `chargers: "*"`
+    problems: Callable[[str], dict] = lambda kind: {}  # kind -> {name: Problem} of its instances not running
 
     @property
     def key(self) -> str:

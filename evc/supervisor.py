@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from evc.errors import ConfigError
 from evc.events import EventBus
-from evc.instance import Context, Instance
+from evc.instance import Context, Instance, Problem
 from evc.schema import Catalog
 from evc.state import StateWriter
 from evc.tree import Mirror
@@ -262,7 +262,7 @@ class Supervisor(service.MultiService):
         kind, name = ident
         ctx = Context(kind=kind, name=name, clock=self.clock, state=self.state.scope(kind, name),
                       resolve=self._resolve, store=self.store, root=self.root, reactor=self.reactor,
-                      events=self.events, find=self._find)
+                      events=self.events, find=self._find, problems=self._problems)
         svc = spec.cls(ctx, spec.config)
         self.instances[ident] = Running(spec, fingerprint, svc)
         try:
@@ -303,6 +303,21 @@ class Supervisor(service.MultiService):
 
     def _find(self, kind: str) -> dict:
         return {n: r.service for (k, n), r in self.instances.items() if k == kind}
+
+    def _problems(self, kind: str) -> dict[str, Problem]:
+        """The configured instances of `kind` that are not running, with their error (e.g. for a server/ocpp that
+        refuses a charge point whose charger is in error: it says why, not just "unknown")."""
+        found = {}
+        for (k, name), error in self.errors.items():
+            leaves = self.mirror.instances.get((k, name))
+            if k != kind or (k, name) in self.instances or leaves is None:
+                continue
+            try:
+                type_name = leaves.type_name()
+            except ConfigError:
+                type_name = None
+            found[name] = Problem(type_name, error, {"/".join(p): t for p, t in leaves.config.items()})
+        return found
 
     def _publish_errors(self, errors: dict[Ident, str]) -> None:
         for ident in set(self.errors) | set(errors):

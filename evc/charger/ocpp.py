@@ -69,7 +69,7 @@ from evc.auth import AuthResult, authorize, local_lookup
 from evc.charger.base import PHASE_INDEX, ChargerStatus, ICharger, check_common_config, write_status
 from evc.errors import ConfigError
 from evc.events import Subscribers
-from evc.instance import Instance
+from evc.instance import Instance, follow_instances
 from evc.meter.base import IMeter, Reading
 from evc.ocpp import cs_auth
 from evc.ocpp.central import CallTimeout, NotConnected, OcppCallError
@@ -108,8 +108,8 @@ class RemoteCommandRejected(Exception):
 @dataclasses.dataclass(frozen=True)
 class OcppChargerConfig:
     """schema/charger/ocpp.json describes every field."""
-    server: str
     A_max: float
+    server: str | None = None        # None: the site's only server/ocpp (ServerChoice)
     cp_id: str | None = None
     connector: int = 1
     phases: int = 3
@@ -177,6 +177,7 @@ class OcppCharger(Instance):
     retry_max_s = 30.0
     local_list_delay_s = 0.5   # token changes come in bursts (a config load): one differential update for them
     recent_starts = 16
+    server_choice: "ServerChoice | None" = None     # without config/server: which server it uses, followed live
 
     def __init__(self, ctx, config: OcppChargerConfig):
         super().__init__(ctx, config)
@@ -272,20 +273,18 @@ class OcppCharger(Instance):
 
     def startService(self) -> None:
         cfg = self.config
-        server = self.ctx.resolve("server", cfg.server)
-        if not hasattr(server, "register") or not hasattr(server, "allocate_transaction_id"):
-            raise ConfigError(f"config/server: server {cfg.server!r} is not an OCPP central system")
-        profile = getattr(server.config, "security_profile", 0)
-        if profile >= 1 and not (cfg.password_hash or cfg.password):
-            raise ConfigError(f"config/password_hash: server {cfg.server} uses security profile {profile}: give "
-                              "password_hash (made by `evc passwd`) or password")
+        server = None
+        if cfg.server is not None:
+            server = self.ctx.resolve("server", cfg.server)
+            check_server(cfg, cfg.server, server)
         meter = None
         if cfg.meter is not None:
             meter = self.ctx.resolve("meter", cfg.meter)
             if not IMeter.providedBy(meter):
                 raise ConfigError(f"config/meter: meter {cfg.meter!r} gives no readings")
-        self._unregister = server.register(self.cp_id, self)
-        self.server = server
+        if server is not None:
+            self._unregister = server.register(self.cp_id, self)
+            self.server = server
         super().startService()
         if meter is not None:
             self.meter = meter
@@ -298,9 +297,14 @@ class OcppCharger(Instance):
         d = defer.ensureDeferred(self._load())
         d.addErrback(lambda f: log.failure("{charger}: reading data/ failed", f, charger=self.ctx.key))
         d.addBoth(lambda _: self._loaded.callback(None))   # without its data the charger still works
+        if cfg.server is None:
+            self.server_choice = ServerChoice(self)
+            self.server_choice.start()
 
     def stopService(self):
         super().stopService()
+        if self.server_choice is not None:
+            self.server_choice.stop()
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
@@ -1150,6 +1154,144 @@ class OcppCharger(Instance):
     def data_transfer(self, vendor_id: str, message_id: str | None = None, data: str | None = None):
         payload = {"vendorId": vendor_id, "messageId": message_id, "data": data}
         return self.call("DataTransfer", {k: v for k, v in payload.items() if v is not None})
+
+
+def check_server(cfg: OcppChargerConfig, name: str, server) -> None:
+    """ConfigError unless `server` (server/<name>) can take this charger: an OCPP central system, and a password
+    given when its security profile asks for one."""
+    if not hasattr(server, "register") or not hasattr(server, "allocate_transaction_id"):
+        raise ConfigError(f"config/server: server {name!r} is not an OCPP central system")
+    profile = getattr(server.config, "security_profile", 0)
+    if profile >= 1 and not (cfg.password_hash or cfg.password):
+        raise ConfigError(f"config/password_hash: server {name} uses security profile {profile}: give "
+                          "password_hash (made by `evc passwd`) or password")
+
+
+class ServerChoice:
+    """Which server/ocpp a charger without config/server uses (DESIGN §3: the site's only one), followed live.
+
+    It watches the site's server/ocpp instances start and stop. With exactly one running, the charger registers with
+    it; with none or several it uses none and its state/error says so, naming the candidates. Once bound it stays
+    with its server while that one runs, also when a second server appears: the charge point is connected there, so
+    adding a server never drops a charging car; state/error then asks for config/server until there is one server
+    again or config/server names one. When its server stops (removed, or restarted by a config change) the choice
+    is made again. Among several, a server that holds this charge point's connection (parked while the charger
+    restarted) is kept. The choice is made a tick after a change, so the start of the whole site (chargers start
+    before servers, one server after the other: nothing orders them) neither shows a passing "no server" error nor
+    binds to the first of two servers."""
+
+    def __init__(self, charger: OcppCharger):
+        self.charger = charger
+        self.ctx = charger.ctx
+        self.name: str | None = None     # the server/<name> in use
+        self.server: Any = None
+        self.error: str | None = None    # why it uses none, or why the one it uses is in doubt
+        self._published: str | None = None
+        self._unfollow: Callable[[], None] | None = None
+        self._pending: IDelayedCall | None = None
+
+    def start(self) -> None:
+        self._unfollow = follow_instances(self.ctx, "server", "*", self._changed, self._changed)
+        self.update()
+
+    def stop(self) -> None:
+        if self._unfollow is not None:
+            self._unfollow()
+            self._unfollow = None
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+        if self.server is not None:
+            self.ctx.state.delete("server")
+        self.server = self.name = None        # the charger's stopService unregisters
+        if self._published is not None:
+            self.ctx.state.delete("error")
+            self._published = None
+
+    def _changed(self, name: str, svc) -> None:
+        if self._unfollow is not None:
+            self.update()
+
+    def candidates(self) -> dict[str, Any]:
+        """The running server/ocpp instances, by name."""
+        return {n: s for n, s in sorted(self.ctx.find("server").items()) if getattr(s, "type_name", None) == "ocpp"}
+
+    def update(self) -> None:
+        """Choose again a tick later: the supervisor starts a site's servers one after the other, and a charger that
+        took the first of two would be bound before it saw the second."""
+        if self._pending is None or not self._pending.active():
+            self._pending = self.ctx.clock.callLater(0, self._choose)
+
+    def _choose(self) -> None:
+        self._pending = None
+        if self._unfollow is None:
+            return
+        servers = self.candidates()
+        if self.server is not None and servers.get(self.name) is not self.server:
+            self._unbind()
+        error = None
+        if self.server is None:
+            pick = None
+            if len(servers) == 1:
+                pick = next(iter(servers))
+            elif len(servers) > 1:
+                held = [n for n, s in servers.items() if self.charger.cp_id in getattr(s, "connections", {})]
+                pick = held[0] if len(held) == 1 else None
+            if pick is not None:
+                try:
+                    self._bind(pick, servers[pick])
+                except ConfigError as e:
+                    error = str(e)
+        if error is None:
+            error = self._doubt(servers)
+        self.error = error
+        self._publish()
+
+    def _doubt(self, servers: dict) -> str | None:
+        names = ", ".join(servers)
+        if len(servers) > 1:
+            using = f" (it keeps using {self.name} meanwhile)" if self.server else ""
+            return (f"config/server: missing; the site has {len(servers)} server/ocpp ({names}): name one"
+                    f"{using}")
+        if self.server is not None:
+            return None
+        idle = sorted(n for n, p in self.ctx.problems("server").items() if p.type_name == "ocpp")
+        if idle:
+            return (f"config/server: missing; the site has no running server/ocpp (configured but not running: "
+                    f"{', '.join(idle)}; see their state/error)")
+        return ("config/server: missing; the site has no server/ocpp to connect to (configure one: "
+                "server/<name>/type ocpp, config/listen host:port)")
+
+    def _bind(self, name: str, server) -> None:
+        charger = self.charger
+        check_server(charger.config, name, server)
+        charger._unregister = server.register(charger.cp_id, charger)
+        charger.server = server
+        self.name, self.server = name, server
+        self.ctx.state.set("server", name)
+        log.info("{charger}: uses server/{server}, the site's server/ocpp (config/server not given)",
+                 charger=self.ctx.key, server=name)
+
+    def _unbind(self) -> None:
+        charger = self.charger
+        if charger._unregister is not None:
+            charger._unregister()
+            charger._unregister = None
+        charger.server = None
+        log.info("{charger}: server/{server} stopped", charger=self.ctx.key, server=self.name)
+        self.name = self.server = None
+        self.ctx.state.delete("server")
+
+    def _publish(self) -> None:
+        if self.error == self._published:
+            return
+        if self.error is None:
+            self.ctx.state.delete("error")
+            log.info("{charger}: config error cleared", charger=self.ctx.key)
+        else:
+            self.ctx.state.set("error", self.error)
+            log.warn("{charger}: {error}", charger=self.ctx.key, error=self.error)
+        self._published = self.error
 
 
 def _int_or_none(text) -> int | None:

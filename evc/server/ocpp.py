@@ -2,7 +2,10 @@
 
 A charger connects to ws[s]://<host>:<port><path>/<cp_id> offering the subprotocol `ocpp1.6`. The handshake is
 refused (HTTP status, no websocket) when:
-- the path is not `<path>/<cp_id>` (404), or no charger/ocpp with that cp_id uses this server (404);
+- the path is not `<path>/<cp_id>` (404), or no charger/ocpp with that cp_id uses this server (404). When a charger
+  with that cp_id exists but cannot take it (its config is in error, e.g. it names no server while the site has
+  several, or it uses another server), the log line names that charger and its error; the charge point is only told
+  that it is not usable;
 - security profile 1 or 2 and the HTTP Basic credentials are missing (401), name another user than the cp_id or
   do not match the charger's password (401);
 - the client offers no subprotocol or only others than `ocpp1.6` (websockets answers 400).
@@ -44,6 +47,7 @@ from evc.ocpp.bridge import to_deferred
 from evc.ocpp.central import HARD_LIMIT_FACTOR, SUBPROTOCOL, CentralConnection
 from evc.registry import SERVERS
 from evc.store.interface import Compare, Put
+from evc.tree import decode_leaf
 
 log = Logger(namespace="evc.server.ocpp")
 
@@ -270,8 +274,8 @@ class OcppServer(Instance):
         cp_id = unquote(path[len(prefix):])
         charger = self.chargers.get(cp_id)
         if charger is None:
-            return self._refuse(connection, http.HTTPStatus.NOT_FOUND, peer, cp_id,
-                                "unknown charge point (no charger/ocpp with this cp_id on this server)")
+            why, body = self._not_ours(cp_id)
+            return self._refuse(connection, http.HTTPStatus.NOT_FOUND, peer, cp_id, why, body=body)
         if cfg.security_profile >= 1:
             creds = cs_auth.parse_basic_auth(request.headers.get("Authorization"))
             if creds is None:
@@ -291,12 +295,39 @@ class OcppServer(Instance):
         connection.username = cp_id
         return None
 
-    def _refuse(self, connection, status, peer: str, cp_id: str | None, why: str, challenge: bool = False):
+    def _not_ours(self, cp_id: str) -> tuple[str, str | None]:
+        """Why no charger is registered for `cp_id`: (the log line's reason, the HTTP body if it must differ).
+
+        A charger that exists but cannot take the charge point (its config is in error, or it uses another server)
+        is named with its error, so the log of this server says what to fix. The charge point, which is not
+        authenticated yet, only learns that its charger is not usable."""
+        unusable = "charge point not usable: its charger in the central system has a config error (see EVC's log)"
+        for charger in self.ctx.find("charger").values():
+            if getattr(charger, "cp_id", None) != cp_id:
+                continue
+            choice = getattr(charger, "server_choice", None)
+            if choice is not None and choice.server is None:
+                return f"{charger.ctx.key} has a config error: {choice.error or 'it uses no server'}", unusable
+            other = getattr(getattr(charger, "config", None), "server", None) or getattr(choice, "name", None)
+            if other and other != self.ctx.name:
+                return (f"{charger.ctx.key} has this cp_id but uses server/{other}, not {self.ctx.key}",
+                        "unknown charge point on this server")
+        for name, problem in sorted(self.ctx.problems("charger").items()):
+            if problem.type_name not in ("ocpp", None):
+                continue
+            raw = problem.leaves.get("cp_id")
+            named = decode_leaf(raw, {"type": "string"}, "config/cp_id").strip() if raw is not None else name
+            if named == cp_id:
+                return f"charger/{name} has a config error: {problem.error}", unusable
+        return "unknown charge point (no charger/ocpp with this cp_id on this server)", None
+
+    def _refuse(self, connection, status, peer: str, cp_id: str | None, why: str, challenge: bool = False,
+                body: str | None = None):
         self.refused += 1
         self.ctx.state.set("refused", self.refused)
         log.warn("{server}: refused {who} from {peer}: {why}", server=self.ctx.key,
                  who=f"charge point {cp_id!r}" if cp_id is not None else "a connection", peer=peer, why=why)
-        response = connection.respond(status, why + "\n")
+        response = connection.respond(status, (body or why) + "\n")
         if challenge:
             response.headers["WWW-Authenticate"] = 'Basic realm="EVC OCPP", charset="UTF-8"'
         return response
