@@ -9,6 +9,8 @@ import pytest
 import pytest_twisted
 import websockets
 from ocpp.v16 import call
+from twisted.internet import reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from websockets.exceptions import InvalidStatus
 
 from cs_rig import (
@@ -19,6 +21,7 @@ from evc.ocpp.cs_auth import hash_password
 from evc.charger.ocpp import OcppCharger
 from evc.server.ocpp import OcppServer, OcppServerConfig, host_port
 from evc.errors import ConfigError
+from evc.store import EtcdStore
 
 
 @pytest.fixture
@@ -307,3 +310,90 @@ async def test_concurrent_allocations_by_two_servers_on_one_counter_never_collid
     b = type(a)(a.ctx, a.config)               # a second instance on the same data/ key, never started
     results = await asyncio.gather(*(wait(x.allocate_transaction_id()) for x in [a, b] * 10))
     assert sorted(results) == list(range(1, 21))
+
+
+# --- a charge point whose charger is in error: refused with that error in the log (real etcd) ---
+
+@pytest.fixture
+def etcd_site(etcd_session, etcd_root):
+    store = EtcdStore(etcd_session.url, reactor)
+    s = Site(store=store, root=etcd_root)
+    yield s
+
+    async def down():
+        await s.stop()
+        await wait(store.close())
+    pytest_twisted.blockon(to_deferred(down()))
+
+
+@pytest.fixture
+def refusals():
+    """The server's "refused ..." log lines, as the operator reads them."""
+    lines: list[str] = []
+
+    def observe(event):
+        text = formatEvent(event)
+        if " refused " in text:
+            lines.append(text)
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+async def refused_body(url: str, cp_id: str) -> tuple[int, str]:
+    with pytest.raises(InvalidStatus) as e:
+        ws = await open_ws(url, cp_id)
+        await ws.close()
+    return e.value.response.status_code, e.value.response.body.decode()
+
+
+@asyncio_test
+async def test_a_charger_naming_no_server_on_a_site_with_two_is_refused_with_its_error(etcd_site, refusals):
+    site = etcd_site
+    site.server("cs")
+    site.server("cs2")
+    site.configure("charger", "cp2", "ocpp", A_max=16, mode="ON")         # no config/server
+    await site.start()
+    await until(lambda: site.instance("server", "cs2") and site.instance("server", "cs2").port, "both listen")
+    status, body = await refused_body(site.url("cp2"), "cp2")
+    assert status == 404
+    assert "config error" in body and "config/server" not in body        # details stay in EVC's log
+    line = await until(lambda: [r for r in refusals if "'cp2'" in r], "the log line")
+    assert line[0].startswith("server/cs: refused charge point 'cp2' from 127.0.0.1:")
+    assert line[0].endswith(": charger/cp2 has a config error: config/server: missing; the site has 2 server/ocpp "
+                            "(cs, cs2): name one")
+    assert "unknown charge point" not in line[0]
+
+
+@asyncio_test
+async def test_a_charger_with_an_invalid_config_is_refused_with_its_error(etcd_site, refusals):
+    site = etcd_site
+    site.server()
+    site.charger("wb1", cp_id="WB-0042", A_max=99)                          # over the schema's maximum
+    site.charger("wb2", server="cs9")                                       # a dangling reference
+    await site.start()
+    await until(lambda: site.instance("server", "cs") and site.instance("server", "cs").port, "listening")
+    assert (await refused_body(site.url("WB-0042"), "WB-0042"))[0] == 404
+    assert (await refused_body(site.url("wb2"), "wb2"))[0] == 404
+    assert (await refused_body(site.url("nobody"), "nobody"))[0] == 404
+    await until(lambda: len(refusals) == 3, "three log lines")
+    wb1, wb2, nobody = refusals
+    assert "refused charge point 'WB-0042'" in wb1 and ": charger/wb1 has a config error: config/A_max:" in wb1
+    assert "refused charge point 'wb2'" in wb2
+    assert wb2.endswith(": charger/wb2 has a config error: config/server: server 'cs9' is not configured")
+    assert nobody.endswith("unknown charge point (no charger/ocpp with this cp_id on this server)")
+    await wait(site.put("charger/wb1/config/A_max", 16))                    # fixed: it connects
+    await until(lambda: site.instance("charger", "wb1"), "wb1 runs")
+    ws = await open_ws(site.url("WB-0042"), "WB-0042")
+    await ws.close()
+
+
+@asyncio_test
+async def test_a_charge_point_at_the_wrong_server_is_told_which_server_its_charger_uses(site, refusals):
+    site.server("cs")
+    site.server("cs2")
+    site.charger("cp1", server="cs2")
+    await site.start()
+    assert await refused_with(open_ws(site.url("cp1", server="cs"), "cp1")) == 404
+    line = await until(lambda: refusals, "the log line")
+    assert line[0].endswith(": charger/cp1 has this cp_id but uses server/cs2, not server/cs")
