@@ -1191,7 +1191,10 @@ class ServerChoice:
         self._pending: IDelayedCall | None = None
 
     def start(self) -> None:
-        self._unfollow = follow_instances(self.ctx, "server", "*", self._changed, self._changed)
+        unfollow = [follow_instances(self.ctx, "server", "*", self._changed, self._changed),
+                    # a charger that held this cp_id on the only server may go away: try again then
+                    follow_instances(self.ctx, "charger", "*", self._charger_changed, self._charger_changed)]
+        self._unfollow = lambda: [f() for f in unfollow]
         self.update()
 
     def stop(self) -> None:
@@ -1211,6 +1214,10 @@ class ServerChoice:
     def _changed(self, name: str, svc) -> None:
         if self._unfollow is not None:
             self.update()
+
+    def _charger_changed(self, name: str, svc) -> None:
+        if svc is not self.charger and self.server is None and self.error is not None:
+            self._changed(name, svc)
 
     def candidates(self) -> dict[str, Any]:
         """The running server/ocpp instances, by name."""

@@ -134,6 +134,23 @@ async def test_the_only_server_needing_a_password_is_an_error_naming_password_ha
     await until(lambda: site.leaf("charger/cp1/state/error") is None, "the error cleared")
 
 
+@asyncio_test
+async def test_a_cp_id_taken_on_the_only_server_is_an_error_until_the_other_charger_goes(site):
+    site.server()
+    charger_without_server(site, "a", cp_id="X")
+    charger_without_server(site, "b", cp_id="X")
+    await site.start()
+    server = site.instance("server", "cs")
+    await until(lambda: "X" in server.chargers, "one of them has X")
+    holder = server.chargers["X"].ctx.name
+    other = "b" if holder == "a" else "a"
+    error = await until(lambda: site.leaf(f"charger/{other}/state/error"), "the other's error")
+    assert error == f"config/cp_id: 'X' is already used by charger/{holder} on server cs"
+    await wait(site.delete(f"charger/{holder}"))
+    await until(lambda: server.chargers.get("X") is site.instance("charger", other), "the other one takes X")
+    await until(lambda: site.leaf(f"charger/{other}/state/error") is None, "its error cleared")
+
+
 # --- on a task.Clock: when the error is written ---
 
 class Servers:
