@@ -1,6 +1,8 @@
 """charger/ocpp without config/server: it uses the site's only server/ocpp, followed live as servers come and go."""
 import pytest
 import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ocpp.v16 import call
 from twisted.internet import task
 
@@ -231,3 +233,37 @@ def test_among_several_servers_the_one_holding_its_connection_is_kept():
     assert charger.server is b and b.registered == {"cp1": charger}
     assert state.values["error"] == ("config/server: missing; the site has 2 server/ocpp (cs, cs2): name one "
                                      "(it keeps using cs2 meanwhile)")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["start", "stop", "tick"]), st.sampled_from(["cs", "cs2", "cs3"])),
+                max_size=25))
+def test_any_sequence_of_servers_coming_and_going_leaves_one_consistent_choice(ops):
+    """After each tick: one server → used, no error; none → error says so; several → error names them all, and the
+    charger is registered with at most one running server, the one it uses."""
+    clock, servers, state, written, charger = clock_rig()
+    charger.startService()
+    made = []
+    for op, name in ops + [("tick", "")]:
+        if op == "start" and name not in servers.running:
+            made.append(server := FakeServer())
+            servers.start(name, server)
+        elif op == "stop" and name in servers.running:
+            servers.stop(name)
+        if op != "tick":
+            continue
+        clock.advance(0)
+        running = servers.running
+        error = state.values.get("error")
+        assert [s for s in made if s.registered] == ([charger.server] if charger.server is not None else [])
+        if len(running) == 1:
+            assert charger.server is next(iter(running.values())) and error is None
+            assert state.values["server"] == next(iter(running))
+        elif not running:
+            assert charger.server is None and error.startswith("config/server: missing; the site has no server/ocpp")
+        else:
+            assert error.startswith(f"config/server: missing; the site has {len(running)} server/ocpp "
+                                    f"({', '.join(sorted(running))}): name one")
+            assert charger.server is None or charger.server in running.values()
+    charger.stopService()
+    assert not any(s.registered for s in made) and "error" not in state.values
