@@ -454,7 +454,7 @@ class SessionTracker:
             return
         state.update({"session/id": s.id, "session/state": s.state, "session/start_time": s.start_time})
         optional = {"session/energy_Wh": round(s.energy_Wh) if s.energy_Wh is not None else None,
-                    "session/transaction_id": s.transaction_id, "session/stop_time": s.stop_time,
+                    "session/stop_time": s.stop_time,
                     "session/reason": s.reason, "session/meter_reset": True if s.meter_reset else None}
         for key, value in optional.items():
             if value is None:
