@@ -330,6 +330,27 @@ class SessionTracker:
             state = "authorized"
         self._set(state, now, force=True)
 
+    def transaction_stopped(self, transaction_id: int, meter_stop_Wh: float, reason: str) -> None:
+        """The charger stopped transaction `transaction_id` at `meter_stop_Wh` (OCPP StopTransaction): its session
+        ends with that reading. When the session already ended (a front stopped it first, then the charge point
+        sent its StopTransaction), the record takes `meter_stop_Wh` as its last reading, so the whole transaction is
+        in it; that correction is stored, not announced again."""
+        s = self.session
+        if s is not None and s.transaction_id in (transaction_id, None):
+            self.end(reason, meter_stop_Wh)
+            return
+        last = self.last
+        if s is None and last is not None and not last.open and last.transaction_id == transaction_id:
+            self._meter_Wh = float(meter_stop_Wh)
+            amended = self._with_meter(last, self.clock.seconds())
+            amended = dataclasses.replace(amended, meter_stop_Wh=amended.meter_last_Wh, updated_time=last.updated_time)
+            if amended != last:
+                self.last = amended
+                log.info("{charger}: session {id}: final reading {meter_Wh} Wh from the charger's stop",
+                         charger=self.ctx.name, id=last.id, meter_Wh=meter_stop_Wh)
+                self._write_state(amended)
+                self._queue(amended, current=False)
+
     def end(self, reason: str = "Local", meter_stop_Wh: float | None = None) -> None:
         """End the open session without the car leaving (a stop button, a front, a deauthorized token, an OCPP
         StopTransaction). `meter_stop_Wh`: the counter at the end, when the charger reports it (OCPP meterStop)."""

@@ -802,7 +802,7 @@ class OcppCharger(Instance):
         self._feed_sessions()          # the final meter value, while the transaction still says a car is there
         self.tx = dict(tx, open=False, meter_stop_Wh=p["meterStop"], stop_timestamp=p.get("timestamp"),
                        reason=reason)
-        self.sessions.end(reason if reason in REASONS else "Other", meter_stop_Wh=self._tx_Wh)
+        self.sessions.transaction_stopped(tx_id, self._tx_Wh, reason if reason in REASONS else "Other")
         self._tx_Wh = None
         if self.ctx.events is not None:
             self.ctx.events.publish(("authorization", self.ctx.name), {"authorized": False, "id_tag": None})

@@ -277,3 +277,17 @@ def test_every_session_is_billed_from_its_own_transaction_or_flagged(steps):
             assert r["energy_Wh"] <= sum(max(0, b - a) for a, b in zip(own, own[1:]))
         else:
             assert last == own[-1] and r["energy_Wh"] == last - r["meter_start_Wh"], (r, own)
+
+
+def test_a_session_a_front_ended_first_takes_the_charge_points_meter_stop():
+    """front/ocpp ends the session on a backend's RemoteStop before the charge point's StopTransaction arrives."""
+    rig = ready()
+    tx = start(rig, 1000, "2026-01-01T10:00:00Z")
+    rig.handle("MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [
+        {"timestamp": "2026-01-01T10:30:00Z", "sampledValue": [{"value": "1400"}]}]})
+    rig.charger.sessions.end("Remote")
+    sid = rig.charger.sessions.last.id
+    stop(rig, tx, 1650, "2026-01-01T11:00:00Z", reason="Remote")
+    doc = json.loads(rig.leaf(f"data/sessions/{sid}"))
+    assert (doc["reason"], doc["meter_stop_Wh"], doc["energy_Wh"]) == ("Remote", 1650, 650)
+    assert rig.state.values["session/energy_Wh"] == 650
