@@ -766,6 +766,11 @@ class OcppCharger(Instance):
             self._starts.popitem(last=False)
         if not mine:
             return answer
+        old, s = self.tx, self.sessions.session
+        if (old is not None and old.get("open") and s is not None and s.transaction_id is None
+                and s.id == old.get("session")):
+            # The open session belongs to the transaction before (a record from an EVC that did not name it yet).
+            self.sessions.end("Other")
         self._energy_Wh = self._tx_Wh = float(p["meterStart"])
         self.tx = {"transaction_id": tx_id, "connector": p["connectorId"], "id_tag": p["idTag"],
                    "meter_start_Wh": p["meterStart"], "timestamp": p["timestamp"], "id_tag_info": info,

@@ -291,3 +291,26 @@ def test_a_session_a_front_ended_first_takes_the_charge_points_meter_stop():
     doc = json.loads(rig.leaf(f"data/sessions/{sid}"))
     assert (doc["reason"], doc["meter_stop_Wh"], doc["energy_Wh"]) == ("Remote", 1650, 650)
     assert rig.state.values["session/energy_Wh"] == 650
+
+
+def test_a_session_stored_without_its_transaction_id_is_not_taken_over_by_the_next_transaction():
+    """After an upgrade: the open session (an older EVC's record, no transaction_id) belongs to data/transaction."""
+    rig = Rig(tokens={"TAG1": token()})
+    rig.stop()
+    legacy = {"id": "20260101T100000000Z-abcdef", "charger": "cp1", "state": "authorized", "id_tag": "TAG1",
+              "start_time": "2026-01-01T10:00:00.000Z", "authorized_time": "2026-01-01T10:00:00.000Z",
+              "meter_start_Wh": 2000, "meter_last_Wh": 2000, "energy_Wh": 0}
+    base = "/evc/t/charger/cp1/data/"
+    rig.store.put(base + f"sessions/{legacy['id']}", json.dumps(legacy).encode())
+    rig.store.put(base + "sessions/current", legacy["id"].encode())
+    rig.store.put(base + "transaction", json.dumps({"transaction_id": 1, "connector": 1, "id_tag": "TAG1",
+                                                    "meter_start_Wh": 2000, "timestamp": "2026-01-01T10:00:00Z",
+                                                    "open": True, "session": legacy["id"]}).encode())
+    rig.server.next_id = 1
+    rig2 = Rig(store=rig.store, clock=rig.clock, server=rig.server, tokens=rig.tokens)
+    rig2.connect().answer("SetChargingProfile", ACCEPTED)
+    tx = start(rig2, 64217, "2026-01-02T10:00:00Z")
+    old = json.loads(rig2.leaf(f"data/sessions/{legacy['id']}"))
+    assert (old["state"], old["reason"]) == ("ended", "Other")
+    s = rig2.charger.sessions.session
+    assert s.id != legacy["id"] and (s.transaction_id, s.meter_start_Wh) == (tx, 64217)
