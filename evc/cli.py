@@ -469,7 +469,11 @@ def _charger_summary(st: dict) -> list[str]:
         parts.append(f"drawing {drawing} A")
     if st.get("session/state") is not None:
         energy = st.get("session/energy_Wh")
-        parts.append(f"session {st['session/state']}" + (f" {energy:.0f} Wh" if _is_num(energy) else ""))
+        reason = st.get("session/reason") if st["session/state"] == "ended" else None
+        parts.append(f"session {st['session/state']}" + (f" {energy:.0f} Wh" if _is_num(energy) else "")
+                     + (f" ({reason})" if reason else ""))
+        if st.get("session/meter_reset") is True:
+            parts.append("METER RESET: energy incomplete")
     if st.get("fault"):
         parts.append(f"fault: {st['fault']}")
     return parts

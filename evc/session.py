@@ -58,8 +58,9 @@ REASONS = ("EmergencyStop", "EVDisconnected", "HardReset", "Local", "Other", "Po
 
 # Below this a current is noise from the measurement, not a car drawing power (A).
 CHARGING_THRESHOLD_A = 1.0
-# A meter that went back by more than this is a counter that restarted, not rounding (Wh).
-METER_BACKWARDS_TOLERANCE_Wh = 1.0
+# A meter that went back by more than this is a counter that restarted (a reset, a replaced meter, a reboot that lost
+# the count), not rounding (Wh). Smaller steps back are rounding and are ignored.
+METER_BACKWARDS_TOLERANCE_Wh = 0.5
 
 
 def iso_utc(seconds: float) -> str:
@@ -71,9 +72,17 @@ def iso_utc(seconds: float) -> str:
 class Session:
     """One session as stored in `data/sessions/<id>` and published on ("session", charger).
 
-    Times are ISO 8601 UTC. `meter_last_Wh` is the newest energy counter value known; `energy_Wh` is
-    meter_last_Wh - meter_start_Wh (None until both are known). `meter_stop_Wh`, `stop_time` and `reason` are set
-    when the session ends. `updated_time` is when EVC last saw the car at this charger.
+    Times are ISO 8601 UTC. Every reading belongs to this session: `meter_start_Wh` is the counter at its start (an
+    OCPP transaction's meterStart; for other chargers their meter's first reading in the session), `meter_last_Wh`
+    the newest one, `meter_stop_Wh` the one at its end. `energy_Wh` is meter_last_Wh - meter_start_Wh (None until
+    both are known). `stop_time` and `reason` are set when the session ends. `updated_time` is when EVC last saw the
+    car at this charger. `transaction_id`: the OCPP transaction of the session (None for other charger types).
+
+    A counter that went backwards during the session (a reset, a replaced meter, a reboot that lost the count) sets
+    `meter_reset` and adds the reading before and the one after the jump to `meter_resets` ([before_Wh, after_Wh]
+    pairs). `energy_Wh` is then the sum of what was measured on each side of every jump (never negative): a lower
+    bound, since what was drawn between the two readings around a jump is unknown; such a session is not for billing
+    as it stands.
     """
     id: str
     charger: str
@@ -88,6 +97,9 @@ class Session:
     stop_time: Optional[str] = None
     reason: Optional[str] = None
     updated_time: Optional[str] = None
+    transaction_id: Optional[int] = None
+    meter_reset: bool = False
+    meter_resets: tuple = ()
 
     @property
     def open(self) -> bool:
@@ -104,7 +116,9 @@ class Session:
     def from_json(cls, raw: bytes) -> "Session":
         doc = json.loads(raw)
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in fields})
+        values = {k: v for k, v in doc.items() if k in fields}
+        values["meter_resets"] = tuple(tuple(pair) for pair in values.get("meter_resets") or ())
+        return cls(**values)
 
 
 class SessionTracker:
@@ -236,8 +250,9 @@ class SessionTracker:
             self._restored = False
             if self._resume(vehicle, meter_Wh, now):
                 return
-        if meter_Wh is not None:
-            self._meter_Wh = meter_Wh
+        # Only this report's reading counts: a value left from an earlier report (a stale meter now) could belong to
+        # an earlier session, so a session opened now waits for a reading of its own.
+        self._meter_Wh = meter_Wh
         self._vehicle = vehicle
         s = self.session
 
@@ -283,13 +298,69 @@ class SessionTracker:
         self._authorize(id_tag, now)
         self._set("authorized", now)
 
-    def end(self, reason: str = "Local") -> None:
-        """End the open session without the car leaving (a stop button, a front, a deauthorized token)."""
+    def transaction_started(self, transaction_id: int, meter_start_Wh: float, id_tag: str | None,
+                            accepted: bool) -> None:
+        """A charger with transactions (OCPP) started one: the session is that transaction, metered from its own
+        `meter_start_Wh` (whatever was read before it, e.g. between plug-in and start, is not part of it).
+
+        The open session takes the transaction (one is opened if none is: the transaction says a car is there); a
+        session that already has another transaction ends first ("Other": the charge point started a new one without
+        stopping the old, e.g. its StopTransaction was lost), so no reading of one transaction is billed to another.
+        `accepted`: the id tag was accepted, so the session is authorized.
+        """
+        now = self.clock.seconds()
+        s = self.session
+        if s is not None and s.transaction_id is not None and s.transaction_id != transaction_id:
+            log.warn("{charger}: transaction {new} started while transaction {old} was open: session {id} ends",
+                     charger=self.ctx.name, new=transaction_id, old=s.transaction_id, id=s.id)
+            self._end("Other", now)
+            s = None
+        self._meter_Wh = float(meter_start_Wh)
+        if self._vehicle in ("none", "unknown"):
+            self._vehicle = "plugged"
+        if s is None:
+            self._stopped_while_plugged = False
+            self._open(now)
+        self.session = self.last = dataclasses.replace(
+            self.session, transaction_id=transaction_id, meter_start_Wh=self._meter_Wh, meter_last_Wh=self._meter_Wh,
+            meter_stop_Wh=None, energy_Wh=0.0, meter_reset=False, meter_resets=(), updated_time=iso_utc(now))
+        state = self.session.state
+        if accepted and not self.session.authorized:
+            self._authorize(id_tag, now)
+            state = "authorized"
+        self._set(state, now, force=True)
+
+    def transaction_stopped(self, transaction_id: int, meter_stop_Wh: float, reason: str) -> None:
+        """The charger stopped transaction `transaction_id` at `meter_stop_Wh` (OCPP StopTransaction): its session
+        ends with that reading. When the session already ended (a front stopped it first, then the charge point
+        sent its StopTransaction), the record takes `meter_stop_Wh` as its last reading, so the whole transaction is
+        in it; that correction is stored, not announced again."""
+        s = self.session
+        if s is not None and s.transaction_id in (transaction_id, None):
+            self.end(reason, meter_stop_Wh)
+            return
+        last = self.last
+        if s is None and last is not None and not last.open and last.transaction_id == transaction_id:
+            self._meter_Wh = float(meter_stop_Wh)
+            amended = self._with_meter(last, self.clock.seconds())
+            amended = dataclasses.replace(amended, meter_stop_Wh=amended.meter_last_Wh, updated_time=last.updated_time)
+            if amended != last:
+                self.last = amended
+                log.info("{charger}: session {id}: final reading {meter_Wh} Wh from the charger's stop",
+                         charger=self.ctx.name, id=last.id, meter_Wh=meter_stop_Wh)
+                self._write_state(amended)
+                self._queue(amended, current=False)
+
+    def end(self, reason: str = "Local", meter_stop_Wh: float | None = None) -> None:
+        """End the open session without the car leaving (a stop button, a front, a deauthorized token, an OCPP
+        StopTransaction). `meter_stop_Wh`: the counter at the end, when the charger reports it (OCPP meterStop)."""
         if reason not in REASONS:
             raise ValueError(f"session end reason {reason!r} is not one of {', '.join(REASONS)}")
         self._pending_tag = None
         if self.session is None:
             return
+        if meter_stop_Wh is not None:
+            self._meter_Wh = float(meter_stop_Wh)
         self._stopped_while_plugged = self._vehicle != "none"
         self._end(reason, self.clock.seconds())
 
@@ -348,17 +419,30 @@ class SessionTracker:
         log.info("{charger}: session {id} authorized", charger=self.ctx.name, id=self.session.id)
 
     def _with_meter(self, s: Session, now: float) -> Session:
-        start = s.meter_start_Wh if s.meter_start_Wh is not None else self._meter_Wh
-        last = self._meter_Wh if self._meter_Wh is not None else s.meter_last_Wh
-        energy = round(last - start, 3) if start is not None and last is not None else None
-        return dataclasses.replace(s, meter_start_Wh=start, meter_last_Wh=last, energy_Wh=energy,
-                                   updated_time=iso_utc(now))
+        """`s` with the newest reading (self._meter_Wh, None: none in this report) taken in."""
+        reading = self._meter_Wh
+        start, last, resets = s.meter_start_Wh, s.meter_last_Wh, s.meter_resets
+        if reading is not None:
+            if start is None or last is None:
+                start = start if start is not None else reading
+                last = reading
+            elif reading < last - METER_BACKWARDS_TOLERANCE_Wh:
+                log.warn("{charger}: session {id}: the energy counter went back from {last_Wh} to {meter_Wh} Wh "
+                         "(reset or replaced): flagged meter_reset", charger=self.ctx.name, id=s.id, last_Wh=last,
+                         meter_Wh=reading)
+                resets = resets + ((last, reading),)
+                last = reading
+            elif reading > last:
+                last = reading
+        return dataclasses.replace(s, meter_start_Wh=start, meter_last_Wh=last, energy_Wh=session_energy_Wh(
+            start, last, resets), meter_reset=bool(resets), meter_resets=resets, updated_time=iso_utc(now))
 
-    def _set(self, state: str, now: float, meter_moved: bool = False) -> None:
+    def _set(self, state: str, now: float, meter_moved: bool = False, force: bool = False) -> None:
         old = self.session
         new = self._with_meter(dataclasses.replace(old, state=state), now)
         self.session = self.last = new
-        if state != old.state or old.authorized_time != new.authorized_time:
+        self._write_state(new)
+        if force or state != old.state or old.authorized_time != new.authorized_time:
             log.info("{charger}: session {id} {state}", charger=self.ctx.name, id=new.id, state=state)
             self._commit(new, current=True)
         elif meter_moved and new.meter_last_Wh != old.meter_last_Wh and now - self._saved_s >= self.save_interval_s:
@@ -383,7 +467,26 @@ class SessionTracker:
         self._queue(s, current)
         self._publish(s)
 
+    def _write_state(self, s: Session) -> None:
+        """The newest session at a glance in state/session/ (`evc status`), the same for every charger type; its
+        full record is data/sessions/<id>."""
+        state = self.ctx.state
+        if state is None:
+            return
+        state.update({"session/id": s.id, "session/state": s.state, "session/start_time": s.start_time})
+        optional = {"session/energy_Wh": round(s.energy_Wh) if s.energy_Wh is not None else None,
+                    "session/stop_time": s.stop_time,
+                    "session/reason": s.reason, "session/meter_reset": True if s.meter_reset else None}
+        for key, value in optional.items():
+            if value is None:
+                state.delete(key)
+            elif key == "session/energy_Wh":
+                state.set(key, value, deadband=1.0)
+            else:
+                state.set(key, value)
+
     def _publish(self, s: Session) -> None:
+        self._write_state(s)
         if self.ctx.events is not None:
             self.ctx.events.publish(("session", self.ctx.name), s)
 
@@ -428,4 +531,17 @@ class SessionTracker:
         self._flush()
 
 
-__all__ = ["Session", "SessionTracker", "REASONS", "STATES", "iso_utc"]
+def session_energy_Wh(start_Wh: float | None, last_Wh: float | None, resets=()) -> float | None:
+    """The energy of a session from its start and newest readings: last - start, or, when the counter jumped back
+    (`resets`: [before_Wh, after_Wh] pairs in order), the sum of what was measured between the jumps, never negative."""
+    if start_Wh is None or last_Wh is None:
+        return None
+    total, since = 0.0, start_Wh
+    for before, after in resets:
+        total += max(0.0, before - since)
+        since = after
+    total += max(0.0, last_Wh - since)
+    return round(total, 3)
+
+
+__all__ = ["Session", "SessionTracker", "REASONS", "STATES", "iso_utc", "session_energy_Wh"]

@@ -308,3 +308,32 @@ def test_a_dangling_current_pointer_is_removed(site):
     site.store.put(f"{ROOT}/charger/s1/data/sessions/current", b"gone")
     t = site.tracker()
     assert t.session is None and site.current() is None
+
+
+def test_a_session_opened_while_the_meter_is_stale_starts_at_its_own_first_reading(site):
+    """Never a leftover of the previous session: the meter was replaced (50000 Wh) while it did not answer."""
+    t = site.tracker(authorize_on_plug=True)
+    t.update(PLUGGED, 1000)
+    t.update(NONE, 2000)
+    t.update(NONE, None)
+    t.update(PLUGGED, None)
+    assert t.session.meter_start_Wh is None and t.session.energy_Wh is None
+    t.update(CHARGING, 50_000)
+    t.update(CHARGING, 50_600)
+    t.update(NONE, 50_700)
+    ended = site.events[-1]
+    assert (ended.meter_start_Wh, ended.meter_stop_Wh, ended.energy_Wh, ended.meter_reset) == \
+        (50_000, 50_700, 700, False)
+
+
+def test_a_counter_that_goes_back_during_a_session_is_flagged_never_negative(site):
+    t = site.tracker(authorize_on_plug=True)
+    t.update(PLUGGED, 5000)
+    t.update(CHARGING, 5400)
+    t.update(CHARGING, 10)              # the meter was reset
+    t.update(CHARGING, 110)
+    t.update(NONE, 110)
+    ended = site.events[-1]
+    assert ended.meter_reset and ended.meter_resets == ((5400, 10),)
+    assert (ended.meter_start_Wh, ended.meter_stop_Wh, ended.energy_Wh) == (5000, 110, 500)
+    assert site.stored(ended.id)["meter_resets"] == [[5400, 10]]

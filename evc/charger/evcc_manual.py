@@ -23,8 +23,9 @@ Safety rules (the charger must never stay above the newest value control asked f
 Sessions (evc.session): the charger owns a SessionTracker fed on every poll with the status and its meter's energy
 counter; with `auth: none` a car is authorized as it is plugged, with `auth: token` by authorize(); deauthorize()
 ends the session (DeAuthorized). wants_current() asks only while an authorized session is open, and a session open
-when EVC stopped continues if the car is still plugged when the new instance first polls. The newest session's id,
-state and energy are in state/session/ too.
+when EVC stopped continues if the car is still plugged when the new instance first polls. The session's readings
+are its meter's, fresh in the poll that opened it (or the first fresh one after, if the meter was stale then) and
+in the last poll before it ended; the tracker writes the newest session to state/session/ as for every charger type.
 
 Events: every change of `status` (the `updated` stamp aside) goes to `subscribe()` callbacks and to
 `ctx.events` topic ("charger", <name>) as the ChargerStatus itself; authorize()/deauthorize() publish
@@ -191,7 +192,6 @@ class EvccManual(Instance):
         self._authorized = id_tag
         log.info("{charger}: authorized", charger=self.ctx.key)    # never log the token itself
         self.sessions.authorized(id_tag)
-        self._write_session_state()
         self._authorization_changed()
 
     def deauthorize(self) -> None:
@@ -201,7 +201,6 @@ class EvccManual(Instance):
         self._authorized = None
         log.info("{charger}: authorization withdrawn", charger=self.ctx.key)
         self.sessions.end("DeAuthorized")
-        self._write_session_state()
         self._authorization_changed()
 
     def _authorization_changed(self) -> None:
@@ -483,7 +482,6 @@ class EvccManual(Instance):
         else:
             log.debug("{charger}: poll failed: {error}", charger=self.ctx.key, error=str(e))
         self.sessions.update(self.status, self._meter_Wh())
-        self._write_session_state()
 
     def _poll_ok(self, registers: list[int], seen_writes: int) -> None:
         if self._failures >= self.offline_after or not self.status.online:
@@ -516,7 +514,6 @@ class EvccManual(Instance):
             updated=self.ctx.clock.seconds())
         # The session first, so that status subscribers (control) already see the new wants_current().
         self.sessions.update(status, self._meter_Wh())
-        self._write_session_state()
         self._set_status(status)
         self._sync()
 
@@ -563,15 +560,6 @@ class EvccManual(Instance):
         self._subscribers.notify(new)
         if self.ctx.events is not None:
             self.ctx.events.publish(("charger", self.ctx.name), new)
-
-    def _write_session_state(self) -> None:
-        # The newest session at a glance for people and tools (`evc status`); its record is data/sessions/<id>.
-        s = self.sessions.last
-        if s is None:
-            return
-        self.ctx.state.update({"session/id": s.id, "session/state": s.state})
-        if s.energy_Wh is not None:
-            self.ctx.state.set("session/energy_Wh", round(s.energy_Wh), deadband=1.0)
 
     def _write_state(self, s: ChargerStatus) -> None:
         state = self.ctx.state

@@ -16,6 +16,11 @@ What it answers:
   same id again and opens no second session. The transaction is the session: the charger's SessionTracker is fed
   from StatusNotification, StartTransaction (authorized), MeterValues and StopTransaction (ended with its reason);
   the transaction id and the session id are kept side by side in data/transaction.
+- Billing: a session's readings are its own transaction's only: meterStart, the energy register of MeterValues with
+  that transactionId (or without one, sampled at or after the transaction's start), the transactionData and the
+  meterStop of its StopTransaction. Nothing read before the transaction or for another one counts. A new
+  StartTransaction while one is open ends the old session first; a counter that goes back within a transaction is
+  flagged in the session (evc.session: meter_reset).
 
 Smart charging (how control's apply() reaches the charge point):
 - After the charge point booted (or a few seconds after it connected without a BootNotification: a reconnect), a
@@ -204,6 +209,7 @@ class OcppCharger(Instance):
         self._power_W: float | None = None
         self._offered_A: float | None = None
         self._measured_A: list[float | None] = [None] * config.phases
+        self._tx_Wh: float | None = None             # the newest reading of the open transaction (its session's)
         self._boot: dict | None = None
         # transactions
         self.tx: dict | None = None                  # the newest transaction (open or stopped), as in data/transaction
@@ -764,14 +770,20 @@ class OcppCharger(Instance):
             self._starts.popitem(last=False)
         if not mine:
             return answer
-        self._energy_Wh = float(p["meterStart"])
+        old, s = self.tx, self.sessions.session
+        if (old is not None and old.get("open") and s is not None and s.transaction_id is None
+                and s.id == old.get("session")):
+            # The open session belongs to the transaction before (a record from an EVC that did not name it yet).
+            self.sessions.end("Other")
+        self._energy_Wh = self._tx_Wh = float(p["meterStart"])
         self.tx = {"transaction_id": tx_id, "connector": p["connectorId"], "id_tag": p["idTag"],
                    "meter_start_Wh": p["meterStart"], "timestamp": p["timestamp"], "id_tag_info": info,
                    "open": True, "accepted": result.accepted}
         self.ctx.state.update({"transaction_id": tx_id, "energy_Wh": self._energy_Wh})
-        self._refresh_status()           # a transaction means a car: the session opens
+        # A transaction means a car: the session is this transaction, metered from its own meterStart.
+        self.sessions.transaction_started(tx_id, self._tx_Wh, p["idTag"], result.accepted)
+        self._refresh_status()
         if result.accepted:
-            self.sessions.authorized(p["idTag"])
             if self.ctx.events is not None:
                 self.ctx.events.publish(("authorization", self.ctx.name), {"authorized": True, "id_tag": p["idTag"]})
         session = self.sessions.session
@@ -792,12 +804,15 @@ class OcppCharger(Instance):
             return answer
         if p.get("transactionData"):
             self._meter_values(p["transactionData"])
-        self._energy_Wh = float(p["meterStop"])
+            for value in _energy_readings(p["transactionData"]):
+                self._tx_reading(value)
+        self._energy_Wh = self._tx_Wh = float(p["meterStop"])
         reason = p.get("reason") or "Local"
         self._feed_sessions()          # the final meter value, while the transaction still says a car is there
         self.tx = dict(tx, open=False, meter_stop_Wh=p["meterStop"], stop_timestamp=p.get("timestamp"),
                        reason=reason)
-        self.sessions.end(reason if reason in REASONS else "Other")
+        self.sessions.transaction_stopped(tx_id, self._tx_Wh, reason if reason in REASONS else "Other")
+        self._tx_Wh = None
         if self.ctx.events is not None:
             self.ctx.events.publish(("authorization", self.ctx.name), {"authorized": False, "id_tag": None})
         log.info("{charger}: transaction {id} stopped ({reason}), meter {meter_Wh} Wh", charger=self.ctx.key,
@@ -815,8 +830,23 @@ class OcppCharger(Instance):
                       connector=connector)
             return {}
         self._meter_values(p["meterValue"])
+        tx = self.tx
+        if tx is not None and tx.get("open"):
+            given = p.get("transactionId")
+            if given is not None and given != tx["transaction_id"]:
+                log.info("{charger}: meter values of transaction {given} while {open} is open: not counted for the "
+                         "session", charger=self.ctx.key, given=given, open=tx["transaction_id"])
+            else:
+                since = None if given is not None else _parse_time(tx.get("timestamp"))
+                for value in _energy_readings(p["meterValue"], since):
+                    self._tx_reading(value)
         self._refresh_status()
         return {}
+
+    def _tx_reading(self, value_Wh: float) -> None:
+        """A reading of the open transaction's energy register: the session's newest reading."""
+        self._tx_Wh = value_Wh
+        self._feed_sessions()
 
     def _meter_values(self, values: list) -> None:
         measured = list(self._measured_A)
@@ -908,7 +938,7 @@ class OcppCharger(Instance):
     def _feed_sessions(self) -> None:
         s = self._compose()
         # The session follows the car, whether or not EVC can limit the charge point.
-        self.sessions.update(dataclasses.replace(s, online=self.conn is not None), self._energy_Wh)
+        self.sessions.update(dataclasses.replace(s, online=self.conn is not None), self._tx_Wh)
 
     def _refresh_status(self) -> None:
         if not self.running:
@@ -1299,6 +1329,37 @@ class ServerChoice:
             self.ctx.state.set("error", self.error)
             log.warn("{charger}: {error}", charger=self.ctx.key, error=self.error)
         self._published = self.error
+
+
+def _parse_time(text) -> datetime.datetime | None:
+    try:
+        when = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.timezone.utc)
+
+
+def _energy_readings(meter_values: list, since: datetime.datetime | None = None) -> list[float]:
+    """The Energy.Active.Import.Register values (Wh, whole charge point, in message order) of a meterValue list;
+    with `since`, only those stamped at or after it (an unstamped or unreadable time does not count then)."""
+    out = []
+    for mv in meter_values:
+        if since is not None:
+            when = _parse_time(mv.get("timestamp"))
+            if when is None or when < since:
+                continue
+        for sv in mv.get("sampledValue") or ():
+            if sv.get("format") == "SignedData" or sv.get("phase"):
+                continue
+            if sv.get("measurand", "Energy.Active.Import.Register") != "Energy.Active.Import.Register":
+                continue
+            try:
+                value = float(sv["value"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if math.isfinite(value):
+                out.append(value * 1000 if sv.get("unit") == "kWh" else value)
+    return out
 
 
 def _int_or_none(text) -> int | None:
