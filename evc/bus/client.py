@@ -31,6 +31,10 @@ from evc.bus.errors import (BusClosed, BusDisconnected, ModbusError, ModbusExcep
 
 log = Logger(namespace="evc.bus")
 
+# Exception codes a gateway answers on behalf of a unit behind it: 0A path unavailable, 0B target failed to
+# respond (Modbus application protocol spec, 7).
+GATEWAY_EXCEPTIONS = (0x0A, 0x0B)
+
 
 class IModbusBus(Interface):
     """A Modbus master on one bus (a TCP gateway, an RS485 line). Every request returns a Deferred.
@@ -213,6 +217,13 @@ class ModbusBus:
         fc = req.pdu.function_code
         if pdu.function_code == fc | 0x80:
             stats.exceptions += 1
+            if pdu.exception_code in GATEWAY_EXCEPTIONS:
+                # The gateway answers for a unit that did not answer it: as good as a timeout for this unit,
+                # which must back off like a silent one on a bus of its own.
+                self._cancel_timer()
+                self._attempt_failed(req, Failure(ModbusException(req.unit, fc, pdu.exception_code,
+                                                                  req.pdu.address)))
+                return
             self._healthy(req.unit)
             self._finish(req, Failure(ModbusException(req.unit, fc, pdu.exception_code, req.pdu.address,
                                                       req.pdu.count if fc in (3, 4, 16) else None)))
@@ -314,6 +325,11 @@ class ModbusBus:
         stats.timeouts += 1
         if self._link is not None and self._link.discard_input():
             stats.bad_frames += 1
+        self._attempt_failed(req, None)
+
+    def _attempt_failed(self, req: _Request, failure: Failure | None) -> None:
+        """No usable answer to this attempt (a timeout, or `failure` from a gateway): retry, then back off."""
+        stats = self._units[req.unit]
         if req.attempts <= self.retries and not req.cancelled:
             log.debug("{bus} no reply to {request}, retrying", bus=self.name, request=req.describe())
             self._current = None
@@ -327,9 +343,14 @@ class ModbusBus:
         log.warn("{bus} unit {unit} did not answer {request} ({attempts} attempts); backing off {backoff_s} s",
                  bus=self.name, unit=req.unit, request=req.describe(), attempts=req.attempts,
                  backoff_s=stats.backoff_s)
-        self._finish(req, Failure(ModbusTimeout(
+        self._finish(req, failure or Failure(ModbusTimeout(
             f"no reply from unit {req.unit} on {self.name} to {req.describe()} after {req.attempts} attempts "
             f"of {req.timeout_s} s", req.unit)))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def _healthy(self, unit: int) -> None:
         stats = self._units[unit]
