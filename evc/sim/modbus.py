@@ -322,6 +322,7 @@ class SimGateway(ModbusServerFactory):
 
     def _done(self, proto: _GatewayProtocol, out: bytes | None) -> None:
         self._busy = None
+        # the moment the reply leaves: the master cannot start its gap any earlier
         self._line_free_at = self.clock.seconds()
         collided, self._collided = self._collided, False
         if out is not None and not collided and proto in self.connections:
