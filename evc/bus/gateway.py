@@ -124,22 +124,23 @@ class GatewayRegistry:
         self._closing: dict[tuple, defer.Deferred] = {}
 
     def acquire(self, reactor, clock, address: str, user_key: str, *, framing: str = "tcp", gap_s: float = 0.0,
-                timeout_s: float = 1.0, leaf: str = "config/bus") -> Gateway:
+                timeout_s: float = 1.0, leaf: str = "config/bus", framing_leaf: str | None = None) -> Gateway:
         """The shared Gateway for `address` ("host:port"), opened on first use. ConfigError names `leaf` when
-        the address is not host:port or the gateway is already used with another framing."""
+        the address is not host:port, `framing_leaf` (default: `leaf`) when the gateway is already used with
+        another framing."""
         try:
             host, port = parse_host_port(address)
         except ValueError as e:
             raise ConfigError(f"{leaf}: {e}") from None
         if framing not in FRAMINGS:
-            raise ConfigError(f"{leaf}: framing {framing!r} is not one of {', '.join(FRAMINGS)}")
+            raise ConfigError(f"{framing_leaf or leaf}: framing {framing!r} is not one of {', '.join(FRAMINGS)}")
         key = (reactor, host.lower(), port)
         gw = self._gateways.get(key)
         if gw is None:
             gw = self._open(key, reactor, clock, host, port, framing, timeout_s)
         elif gw.framing != framing and user_key not in gw._users:
-            raise ConfigError(f"{leaf}: gateway {gw.name} is already used with {gw.framing} framing by "
-                              f"{', '.join(gw.users)}; one gateway speaks one framing")
+            raise ConfigError(f"{framing_leaf or leaf}: gateway {gw.name} is already used with {gw.framing} "
+                              f"framing by {', '.join(gw.users)}; one gateway speaks one framing")
         gw._users[user_key] = gap_s
         gw._set_gap()
         return gw

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from evc.bus.client import IModbusBus
 from evc.bus.errors import ModbusError, ModbusException
-from evc.bus.gateway import GATEWAYS, Gateway
+from evc.bus.gateway import FRAMINGS, GATEWAYS, Gateway
 from evc.bus.tcp import parse_host_port
 from evc.conn import IBusAddresses
 from evc.errors import ConfigError
@@ -54,6 +54,7 @@ class EastronConfig:
     stale_s: float | None = None
     timeout_ms: int | None = None
     gap_ms: int = 100
+    bus_framing: str = "tcp"
     type: str | None = None      # the seed writes config/type; the type itself is chosen by the supervisor
 
     def __post_init__(self):
@@ -69,6 +70,8 @@ class EastronConfig:
                 raise ConfigError(f"config/bus: {e}") from None
         if self.interval_s <= 0:
             raise ConfigError("config/interval_s: must be more than 0")
+        if self.bus_framing not in FRAMINGS:
+            raise ConfigError(f"config/bus_framing: {self.bus_framing!r} is not one of {', '.join(FRAMINGS)}")
 
     @property
     def effective_stale_s(self) -> float:
@@ -153,7 +156,7 @@ class EastronMeter(Instance):
             if self.ctx.reactor is None:
                 raise ConfigError("config/bus: a meter on a Modbus TCP gateway needs a reactor to connect")
             gateway = GATEWAYS.acquire(self.ctx.reactor, self.ctx.clock, cfg.bus, self.ctx.key, gap_s=self._gap_s,
-                                       leaf="config/bus")
+                                       framing=cfg.bus_framing, leaf="config/bus", framing_leaf="config/bus_framing")
             try:
                 self._release = gateway.claim(cfg.bus_addr, self.ctx.key, leaf="config/bus_addr")
             except ConfigError:

@@ -181,3 +181,41 @@ async def test_the_last_meter_to_leave_closes_and_a_new_one_reopens(reactor):
         assert site.gateway.stats["connections"] == 2
     finally:
         await site.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_meters_on_a_transparent_rtu_over_tcp_gateway_share_it_too(reactor):
+    """bus_framing: rtu (a gateway in transparent mode): the same one connection, RTU frames with CRC."""
+    from evc.bus import codec
+    site = Site(reactor, framing_cls=codec.RtuFraming)
+    try:
+        for u in (1, 2, 3):
+            site.start(u, bus_framing="rtu")
+        await until(reactor, lambda: all(site.good(u) >= 2 for u in (1, 2, 3)), what="readings over RTU")
+        assert site.meters[2].reading.A == pytest.approx((2, 2.5, 2.25))
+        assert site.gateway.stats["connections"] == 1 and site.gateway.stats["overlaps"] == 0
+    finally:
+        await site.close()
+
+
+def test_a_second_meter_at_the_same_address_or_framing_of_a_gateway_is_refused_clearly():
+    """Same bus_addr on one gateway, or the other framing on it: a ConfigError naming the leaf and the holder."""
+    from twisted.internet.testing import MemoryReactor
+    from evc.errors import ConfigError
+
+    reactor = MemoryReactor()
+    ctxs = [make_ctx(clock=task.Clock(), reactor=reactor, name=f"m{i}") for i in range(3)]
+    first = Sdm630(ctxs[0], Sdm630.Config(bus="10.1.2.3:502", bus_addr=1))
+    first.startService()
+    same_addr = Sdm630(ctxs[1], Sdm630.Config(bus="10.1.2.3:502", bus_addr=1))
+    with pytest.raises(ConfigError, match=r"config/bus_addr: address 1 on gateway 10\.1\.2\.3:502 is already used "
+                                          r"by meter/m0"):
+        same_addr.startService()
+    other_framing = Sdm630(ctxs[2], Sdm630.Config(bus="10.1.2.3:502", bus_addr=2, bus_framing="rtu"))
+    with pytest.raises(ConfigError, match=r"config/bus_framing: gateway 10\.1\.2\.3:502 is already used with tcp "
+                                          r"framing by meter/m0"):
+        other_framing.startService()
+    gateway = GATEWAYS.get(reactor, "10.1.2.3:502")
+    assert gateway.users == ("meter/m0",) and len(reactor.tcpClients) == 1
+    first.stopService()
+    assert GATEWAYS.get(reactor, "10.1.2.3:502") is None
