@@ -2,7 +2,8 @@
 
 `ModbusBus` owns a bus: exactly one transaction in flight, a FIFO (writes ahead of reads), a per-request
 timeout with one retry, an optional pause between transactions (`gap_s`, for RS485), per-unit error counters
-and per-unit exponential backoff so one dead device cannot starve the others. It knows nothing about
+and per-unit exponential backoff so one dead device cannot starve the others (a gateway's exception 0A/0B, "the
+unit behind me did not answer", counts as such a failure too). It knows nothing about
 sockets or serial ports: a link (`ModbusClientProtocol` on any Twisted transport) feeds it decoded frames
 and sends what it asks. Framing is pluggable (`evc.bus.codec.TcpFraming` or `RtuFraming`):
 
