@@ -39,6 +39,11 @@ log = Logger(namespace="evc.bus.gateway")
 
 FRAMINGS: dict[str, type] = {"tcp": codec.TcpFraming, "rtu": codec.RtuFraming}
 
+# Reconnect delays, as conn/rs485 reopens its link: a rebooted gateway is back within seconds, and a long outage
+# must still end within seconds of the gateway's return (every meter behind it is stale meanwhile).
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 5.0
+
 
 @implementer(IModbusBus, IBusAddresses)
 class Gateway:
@@ -154,7 +159,8 @@ class GatewayRegistry:
         return len(self._gateways)
 
     def _open(self, key, reactor, clock, host, port, framing, timeout_s) -> Gateway:
-        client = ModbusTcpClient(reactor, clock, host, port, framing=FRAMINGS[framing](), timeout_s=timeout_s)
+        client = ModbusTcpClient(reactor, clock, host, port, framing=FRAMINGS[framing](), timeout_s=timeout_s,
+                                 reconnect_min_s=RECONNECT_MIN_S, reconnect_max_s=RECONNECT_MAX_S)
         gw = Gateway(self, key, client, framing)
         self._gateways[key] = gw
         closing = self._closing.get(key)

@@ -186,3 +186,19 @@ def test_any_sequence_of_users_keeps_at_most_one_connection_per_gateway(sequence
                 assert live or closing, f"{address} has users but no connection, none pending"
             else:
                 assert not live, f"{address} kept a connection without users"
+
+
+def test_a_gateway_that_is_down_is_tried_again_at_most_5_s_apart():
+    """Every meter behind it is stale while it is away: its return must be noticed within seconds."""
+    from twisted.internet.error import ConnectionRefusedError
+    registry, reactor, clock = setup()
+    registry.acquire(reactor, clock, "10.0.0.5:502", "meter/m1")
+    delays = []
+    for _ in range(6):
+        n = len(reactor.tcpClients)
+        reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        start = clock.seconds()
+        while len(reactor.tcpClients) == n:
+            clock.advance(0.25)
+        delays.append(clock.seconds() - start)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
