@@ -47,7 +47,7 @@ class Evc:
 def meter_sim():
     sim = SimSdm630(unit=1)
     sim.set(V=(230, 231, 229), A=(10, 12, 8), energy_Wh=12345)
-    port = listen_tcp(reactor, [sim], 0)
+    port = listen_tcp(reactor, [sim, SimSdm630(unit=2)], 0)     # unit 2: a second meter behind the same gateway
     yield sim, port.getHost().port
     port.stopListening()
 
@@ -69,10 +69,10 @@ class Client:
         return {kv.key[len(self.root) + 1:]: kv.value.decode() for kv in r.kvs}
 
 
-async def configure_meter(c, port, name="m1", seed_form=True):
+async def configure_meter(c, port, name="m1", seed_form=True, bus_addr=1):
     await c.put(f"meter/{name}/{'config/' if seed_form else ''}type", "SDM630")
     await c.put(f"meter/{name}/config/bus", f"127.0.0.1:{port}")
-    await c.put(f"meter/{name}/config/bus_addr", "1")
+    await c.put(f"meter/{name}/config/bus_addr", str(bus_addr))
     await c.put(f"meter/{name}/config/interval_s", "0.2")
 
 
@@ -143,7 +143,7 @@ async def test_etcd_killed_and_restarted_under_a_running_evc(etcd_own, meter_sim
         etcd_own.start()
         # State resumes with what the meter measured meanwhile, and later config changes apply.
         await wait_for(lambda: _near(c, "meter/m1/state/A/L1", 25), 30, "state resumed after etcd restart")
-        await configure_meter(c, port, name="m2", seed_form=False)
+        await configure_meter(c, port, name="m2", seed_form=False, bus_addr=2)   # one address, one meter
         await wait_for(lambda: c.get("meter/m2/state/W_total"), 20, "a meter added after the restart runs")
     finally:
         assert evc.stop(), evc.text()

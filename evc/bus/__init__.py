@@ -1,4 +1,5 @@
-"""Modbus over Twisted: pure codecs (codec), the bus scheduler and IModbusBus (client), TCP links (tcp).
+"""Modbus over Twisted: pure codecs (codec), the bus scheduler and IModbusBus (client), TCP links (tcp), and
+the shared connection per Modbus TCP gateway that devices configured with its host:port use (gateway).
 
     from evc.bus.tcp import ModbusTcpClient
     bus = ModbusTcpClient(reactor, clock, "192.168.1.20", 502, timeout_s=1.0); bus.start()

@@ -2,7 +2,8 @@
 
 `ModbusBus` owns a bus: exactly one transaction in flight, a FIFO (writes ahead of reads), a per-request
 timeout with one retry, an optional pause between transactions (`gap_s`, for RS485), per-unit error counters
-and per-unit exponential backoff so one dead device cannot starve the others. It knows nothing about
+and per-unit exponential backoff so one dead device cannot starve the others (a gateway's exception 0A/0B, "the
+unit behind me did not answer", counts as such a failure too). It knows nothing about
 sockets or serial ports: a link (`ModbusClientProtocol` on any Twisted transport) feeds it decoded frames
 and sends what it asks. Framing is pluggable (`evc.bus.codec.TcpFraming` or `RtuFraming`):
 
@@ -30,6 +31,10 @@ from evc.bus.errors import (BusClosed, BusDisconnected, ModbusError, ModbusExcep
                             UnitBackoff)
 
 log = Logger(namespace="evc.bus")
+
+# Exception codes a gateway answers on behalf of a unit behind it: 0A path unavailable, 0B target failed to
+# respond (Modbus application protocol spec, 7).
+GATEWAY_EXCEPTIONS = (0x0A, 0x0B)
 
 
 class IModbusBus(Interface):
@@ -213,6 +218,13 @@ class ModbusBus:
         fc = req.pdu.function_code
         if pdu.function_code == fc | 0x80:
             stats.exceptions += 1
+            if pdu.exception_code in GATEWAY_EXCEPTIONS:
+                # The gateway answers for a unit that did not answer it: as good as a timeout for this unit,
+                # which must back off like a silent one on a bus of its own.
+                self._cancel_timer()
+                self._attempt_failed(req, Failure(ModbusException(req.unit, fc, pdu.exception_code,
+                                                                  req.pdu.address)))
+                return
             self._healthy(req.unit)
             self._finish(req, Failure(ModbusException(req.unit, fc, pdu.exception_code, req.pdu.address,
                                                       req.pdu.count if fc in (3, 4, 16) else None)))
@@ -314,6 +326,11 @@ class ModbusBus:
         stats.timeouts += 1
         if self._link is not None and self._link.discard_input():
             stats.bad_frames += 1
+        self._attempt_failed(req, None)
+
+    def _attempt_failed(self, req: _Request, failure: Failure | None) -> None:
+        """No usable answer to this attempt (a timeout, or `failure` from a gateway): retry, then back off."""
+        stats = self._units[req.unit]
         if req.attempts <= self.retries and not req.cancelled:
             log.debug("{bus} no reply to {request}, retrying", bus=self.name, request=req.describe())
             self._current = None
@@ -327,9 +344,14 @@ class ModbusBus:
         log.warn("{bus} unit {unit} did not answer {request} ({attempts} attempts); backing off {backoff_s} s",
                  bus=self.name, unit=req.unit, request=req.describe(), attempts=req.attempts,
                  backoff_s=stats.backoff_s)
-        self._finish(req, Failure(ModbusTimeout(
+        self._finish(req, failure or Failure(ModbusTimeout(
             f"no reply from unit {req.unit} on {self.name} to {req.describe()} after {req.attempts} attempts "
             f"of {req.timeout_s} s", req.unit)))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def _healthy(self, unit: int) -> None:
         stats = self._units[unit]

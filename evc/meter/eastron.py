@@ -5,8 +5,11 @@ first plan reads as much as the map allows in one request; when the meter answer
 address: the span crosses registers it does not serve) the meter falls back to the next plan for good (per
 instance) and polls again at once. See shared/reference/modbus-meters.md for the maps and the timing.
 
-On an rs485 conn the meter claims its `bus_addr` while it runs (evc.conn.IBusAddresses), so a meter configured at
-the address of another device on that bus is refused with an error naming config/bus_addr and the holder.
+With `bus` (a Modbus TCP gateway) the meter shares the one connection to that gateway with every other device
+configured with the same host:port (evc.bus.gateway): one request in flight, the bus gap, per-unit counters and
+backoff, as on a conn. On a conn and on a gateway alike the meter claims its `bus_addr` while it runs
+(evc.conn.IBusAddresses), so a meter configured at the address of another device on that bus is refused with an
+error naming config/bus_addr and the holder.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from zope.interface import implementer
 
 from evc.bus.client import IModbusBus
 from evc.bus.errors import ModbusError, ModbusException
-from evc.bus.tcp import ModbusTcpClient, parse_host_port
+from evc.bus.gateway import FRAMINGS, GATEWAYS, Gateway
+from evc.bus.tcp import parse_host_port
 from evc.conn import IBusAddresses
 from evc.errors import ConfigError
 from evc.events import Subscribers
@@ -50,6 +54,7 @@ class EastronConfig:
     stale_s: float | None = None
     timeout_ms: int | None = None
     gap_ms: int = 100
+    bus_framing: str = "tcp"
     type: str | None = None      # the seed writes config/type; the type itself is chosen by the supervisor
 
     def __post_init__(self):
@@ -65,6 +70,8 @@ class EastronConfig:
                 raise ConfigError(f"config/bus: {e}") from None
         if self.interval_s <= 0:
             raise ConfigError("config/interval_s: must be more than 0")
+        if self.bus_framing not in FRAMINGS:
+            raise ConfigError(f"config/bus_framing: {self.bus_framing!r} is not one of {', '.join(FRAMINGS)}")
 
     @property
     def effective_stale_s(self) -> float:
@@ -109,7 +116,8 @@ class EastronMeter(Instance):
         super().__init__(ctx, config)
         self.reading = Reading()
         self.bus: Any = None
-        self._own_client: ModbusTcpClient | None = None
+        self._gateway: Gateway | None = None
+        self._counter_base: dict[str, int] = {}
         self._subscribers = Subscribers(ctx.key)
         self._release: Callable[[], None] | None = None
         self._plan_index = 0
@@ -145,11 +153,19 @@ class EastronMeter(Instance):
                 self._release = bus.claim(cfg.bus_addr, self.ctx.key, leaf="config/bus_addr")
             self.bus = bus
         else:
-            self._own_client = ModbusTcpClient.from_address(
-                self.ctx.reactor, self.ctx.clock, cfg.bus,
-                timeout_s=self._timeout_s if self._timeout_s is not None else 1.0)
-            self._own_client.start()
-            self.bus = self._own_client
+            if self.ctx.reactor is None:
+                raise ConfigError("config/bus: a meter on a Modbus TCP gateway needs a reactor to connect")
+            gateway = GATEWAYS.acquire(self.ctx.reactor, self.ctx.clock, cfg.bus, self.ctx.key, gap_s=self._gap_s,
+                                       framing=cfg.bus_framing, leaf="config/bus", framing_leaf="config/bus_framing")
+            try:
+                self._release = gateway.claim(cfg.bus_addr, self.ctx.key, leaf="config/bus_addr")
+            except ConfigError:
+                gateway.leave(self.ctx.key)
+                raise
+            self._gateway = self.bus = gateway
+        # The bus outlives this instance (other devices share it): count from here, so that the state's
+        # errors/* are this instance's, as the docs promise.
+        self._counter_base = self.bus.counters(cfg.bus_addr)
         super().startService()
         self.ctx.state.set("stale", True)
         self._spread_s = (zlib.crc32(self.ctx.key.encode()) % 1000) / 1000 * self.config.interval_s
@@ -166,9 +182,9 @@ class EastronMeter(Instance):
         if self._release is not None:
             release, self._release = self._release, None
             release()
-        if self._own_client is not None:
-            client, self._own_client = self._own_client, None
-            return client.stop()
+        if self._gateway is not None:
+            gateway, self._gateway = self._gateway, None
+            return gateway.leave(self.ctx.key)
         return None
 
     # --- polling ---
@@ -306,11 +322,10 @@ class EastronMeter(Instance):
     def _write_counters(self) -> None:
         if self.bus is None:
             return
-        c = self.bus.counters(self.config.bus_addr)
+        c, base = self.bus.counters(self.config.bus_addr), self._counter_base
         state = self.ctx.state
-        state.set("errors/timeouts", c["timeouts"])
-        state.set("errors/exceptions", c["exceptions"])
-        state.set("errors/bad_frames", c["bad_frames"])
+        for name in ("timeouts", "exceptions", "bad_frames"):
+            state.set(f"errors/{name}", c[name] - base.get(name, 0))
 
 
 def _rounded(quantity: str, value: float) -> float | int:

@@ -160,26 +160,30 @@ class ModbusServerProtocol(Protocol):
 
     def _answer(self, request: codec.ModbusPDU) -> None:
         self.factory.stats["requests"] += 1
+        out = self._reply(request)
+        if out is not None:
+            self.transport.write(out)
+
+    def _reply(self, request: codec.ModbusPDU) -> bytes | None:
+        """The framed bytes the addressed device answers with, or None when it stays silent."""
         unit = request.dev_id
         devices = self.factory.devices
         if unit == 0:
             for device in list(devices.values()):
                 device.handle(request)
-            return
+            return None
         device = devices.get(unit)
         if device is None:
-            return             # as on RS485: nobody answers an address that is not on the bus
+            return None        # as on RS485: nobody answers an address that is not on the bus
         reply = device.handle(request)
         if reply is None:
-            return
+            return None
         if isinstance(reply, Garbage):
-            out = bytes(reply)
-        elif isinstance(reply, (bytes, bytearray)):
-            out = self.framing.encode_raw(reply, unit, request.transaction_id)
-        else:
-            reply.dev_id, reply.transaction_id = unit, request.transaction_id
-            out = self.framing.encode(reply)
-        self.transport.write(out)
+            return bytes(reply)
+        if isinstance(reply, (bytes, bytearray)):
+            return self.framing.encode_raw(reply, unit, request.transaction_id)
+        reply.dev_id, reply.transaction_id = unit, request.transaction_id
+        return self.framing.encode(reply)
 
 
 class ModbusServerFactory(Factory):
@@ -210,3 +214,116 @@ def listen_tcp(reactor, devices: Iterable[SimDevice], port: int = 0, interface: 
     listening = reactor.listenTCP(port, factory, interface=interface)
     listening.factory = factory
     return listening
+
+
+GATEWAY_TARGET_FAILED = 0x0B
+
+# What a TCP framing adds to a PDU (MBAP header with the unit byte) and what RTU adds (unit byte + CRC).
+_MBAP_BYTES = 7
+_RTU_EXTRA_BYTES = 3
+
+
+class _GatewayProtocol(ModbusServerProtocol):
+    """The one master's connection to a SimGateway: requests go onto the gateway's serial line."""
+
+    factory: "SimGateway"
+
+    def connectionMade(self) -> None:
+        gw = self.factory
+        gw.connections.add(self)
+        gw.stats["connections"] += 1
+        gw.stats["max_open"] = max(gw.stats["max_open"], len(gw.connections))
+
+    def _answer(self, request: codec.ModbusPDU) -> None:
+        self.factory._transaction(self, request)
+
+
+class SimGateway(ModbusServerFactory):
+    """A TCP -> RS485 gateway as sold for meters: ONE TCP connection, one serial line behind it, N units on it.
+
+        gw = SimGateway(reactor, [SimSdm630(u) for u in range(1, 9)], baud=38400)
+        port = gw.listen(reactor)          # port.getHost().port
+
+    Like the cheap gateways found on sites: a second TCP connection while one is open is closed at once
+    (`stats["refused"]`). Each request is sent on the line at `baud` (8 data bits, `parity`, `stopbits`); the
+    unit answers after `turnaround_s`; its reply takes its own wire time; only then does the reply go back
+    over TCP. A silent unit keeps the line for `target_timeout_s`, then the gateway gives up: quietly, or with
+    exception 0B (gateway target failed to respond) when `answer_timeouts` (Modbus TCP framing only).
+
+    The line carries one transaction at a time: a request that arrives while one is still on the line
+    collides with it (`stats["overlaps"]`) and neither gets an answer, as on a real RS485 pair. The idle time
+    of the line before each request is recorded in `gaps` (seconds), so a test can check the master's bus gap.
+    `framing_cls=RtuFraming` makes it a transparent (RTU over TCP) gateway.
+    """
+
+    def __init__(self, clock, devices: Iterable[SimDevice] = (), framing_cls=codec.TcpFraming, *,
+                 baud: int = 9600, parity: str = "N", stopbits: int = 1, turnaround_s: float = 0.002,
+                 target_timeout_s: float = 0.2, answer_timeouts: bool = False, max_connections: int = 1):
+        super().__init__(devices, framing_cls)
+        self.clock = clock
+        self.char_s = (1 + 8 + (0 if parity == "N" else 1) + stopbits) / baud
+        self.turnaround_s = turnaround_s
+        self.target_timeout_s = target_timeout_s
+        self.answer_timeouts = answer_timeouts
+        self.max_connections = max_connections
+        self.stats.update({"connections": 0, "refused": 0, "max_open": 0, "overlaps": 0, "answered": 0,
+                           "silent": 0})
+        self.gaps: list[float] = []
+        self._busy = None                   # the DelayedCall that ends the transaction on the line
+        self._collided = False
+        self._line_free_at: float | None = None
+
+    def buildProtocol(self, addr):
+        if len(self.connections) >= self.max_connections:
+            self.stats["refused"] += 1
+            return None                     # Twisted closes a connection that gets no protocol
+        return _GatewayProtocol(self)
+
+    def listen(self, reactor, port: int = 0, interface: str = "127.0.0.1"):
+        """Listen for the master on `port` (0: a free one); returns the IListeningPort."""
+        listening = reactor.listenTCP(port, self, interface=interface)
+        listening.factory = self
+        return listening
+
+    @property
+    def min_gap_s(self) -> float | None:
+        return min(self.gaps) if self.gaps else None
+
+    def _rtu_len(self, framed: bytes) -> int:
+        if self.framing_cls is codec.TcpFraming:
+            return len(framed) - _MBAP_BYTES + _RTU_EXTRA_BYTES
+        return len(framed)
+
+    def _transaction(self, proto: _GatewayProtocol, request: codec.ModbusPDU) -> None:
+        now = self.clock.seconds()
+        self.stats["requests"] += 1
+        if self._busy is not None:
+            self.stats["overlaps"] += 1
+            self._collided = True
+            log.warn("gateway: a request for unit {unit} arrived while the line was busy: collision",
+                     unit=request.dev_id)
+            return
+        if self._line_free_at is not None:
+            self.gaps.append(now - self._line_free_at)
+        request_s = (len(request.encode()) + 1 + _RTU_EXTRA_BYTES) * self.char_s
+        out = proto._reply(request)
+        if out is not None:
+            self.stats["answered"] += 1
+            duration_s = request_s + self.turnaround_s + self._rtu_len(out) * self.char_s
+        elif request.dev_id == 0:
+            duration_s = request_s + self.turnaround_s
+        else:
+            self.stats["silent"] += 1
+            duration_s = request_s + self.target_timeout_s
+            if self.answer_timeouts and self.framing_cls is codec.TcpFraming:
+                reply = codec.exception_reply(request, GATEWAY_TARGET_FAILED)
+                out = proto.framing.encode(reply)
+        self._busy = self.clock.callLater(duration_s, self._done, proto, out)
+
+    def _done(self, proto: _GatewayProtocol, out: bytes | None) -> None:
+        self._busy = None
+        # the moment the reply leaves: the master cannot start its gap any earlier
+        self._line_free_at = self.clock.seconds()
+        collided, self._collided = self._collided, False
+        if out is not None and not collided and proto in self.connections:
+            proto.transport.write(out)

@@ -79,6 +79,29 @@ def test_exception_reply_is_not_retried_and_names_the_code():
     assert h.bus.counters(1)["exceptions"] == 1 and h.bus.counters(1)["backoff_s"] == 0
 
 
+@pytest.mark.parametrize("code", [0x0A, 0x0B])
+def test_a_gateway_answering_for_a_silent_unit_is_retried_then_backs_the_unit_off(code):
+    """Exception 0A/0B come from a gateway whose unit behind it did not answer: as a timeout, not a refusal."""
+    h = Harness(gap_s=0.05, backoff_min_s=1.0)
+    d = h.bus.read_input_registers(3, 0, 2)
+    [req] = h.sent()
+    h.answer_exception(req, code)
+    assert not d.called and h.sent() == []
+    h.clock.advance(0.05)                      # the retry keeps the bus gap
+    [retry] = h.sent()
+    h.answer_exception(retry, code)
+    err = pytest.raises(ModbusException, lambda: d.result.raiseException()).value
+    assert err.code == code and "gateway" in str(err)
+    c = h.bus.counters(3)
+    assert (c["exceptions"], c["timeouts"], c["backoff_s"]) == (2, 0, 1.0)
+    assert isinstance(h.bus.read_input_registers(3, 0, 2).result.value, UnitBackoff)
+    h.clock.advance(0.05)
+    ok = h.bus.read_input_registers(4, 0, 2)  # another unit is served at once
+    [other] = h.sent()
+    h.answer(other, [1, 2])
+    assert ok.result == [1, 2]
+
+
 def test_garbage_is_counted_as_a_bad_frame_and_a_good_reply_still_counts():
     h = Harness()
     d = h.bus.read_input_registers(1, 0, 2)
