@@ -216,7 +216,7 @@ class Result:
     headroom_A: A_max - base - sum of setpoints per phase; negative when the base load (or a lost
         charger) alone exceeds the limit.
     mode: "normal", "failsafe" (meter stale) or "hold" (store lost: no increases).
-    settling: the chargers that were settling (rule 3 of allocate()), by name.
+    settling: the chargers whose own meters do not show their newest setpoints yet (rule 3), by name.
     """
     allocations: tuple[Allocation, ...]
     base_A: PerPhase
@@ -271,9 +271,10 @@ def allocate(inputs: Inputs) -> Result:
        but whose own reading predates the change by less than ramp_s (its car may be anywhere
        between the old and the new setpoint when the grid meter read it), counts as drawing the
        most it may: the highest of its setpoint and the setpoints it had before those changes. Its
-       own ramp is then never base load. In exchange, nothing on its phases is raised or started
-       until its own meter shows the change (the base may be underestimated by what its car has
-       not yet taken). On a phase the grid meter measures over A_max, settling does not apply:
+       own ramp is then never base load. In exchange, nothing on the phases of a charger whose own
+       meter does not show its newest setpoint yet (the grid reading older or not) is raised or
+       started until it does: the base may be underestimated by what its car has not yet taken,
+       and a car that was lowered may still draw its old current for ramp_s. On a phase the grid meter measures over A_max, settling does not apply:
        the cars' measured draws count, so the overload is answered on the reading that shows it.
     4. Who charges: each charging car needs A_min on each of its phases. A paused charger stays
        paused if it was paused less than min_off_s ago, or if it may not increase (store lost,
@@ -342,17 +343,18 @@ def allocate(inputs: Inputs) -> Result:
         cands.append(_Cand(i, c, phases, lo, hi, hi_from))
 
     settling: dict[str, float] = {}
+    unconfirmed: list[str] = []
     if failsafe:
         base = PerPhase()
         _failsafe(cands, lim, meter.name, reserved, out_sp, out_why)
         mode = "failsafe"
     else:
-        settling = _settling(chargers, meter, lim)
+        settling, unconfirmed = _settling(chargers, meter, lim)
         base = _base_load(meter.current_A, chargers, settling)
         avail = {p: lim.A_max[p] - base[p] - reserved[p] for p in PHASES}
-        waits = {}                  # grid phase -> the settling charger whose phase it is
+        waits = {}                  # grid phase -> a charger on it whose meter does not show its new setpoint yet
         for c in chargers:
-            if c.name in settling:
+            if c.name in unconfirmed:
                 for p in c.grid_phases:
                     waits.setdefault(p, c.name)
         _normal(cands, lim, now, inputs.store_lost, avail, out_sp, out_why, waits)
@@ -365,23 +367,28 @@ def allocate(inputs: Inputs) -> Result:
                 used[p] += out_sp[i]
     headroom = PerPhase(*(lim.A_max[p] - base[p] - used[p] for p in PHASES))
     allocations = tuple(Allocation(names[i], out_sp[i], out_why[i]) for i in range(n))
-    return Result(allocations, base, headroom, mode, tuple(sorted(settling)))
+    return Result(allocations, base, headroom, mode, tuple(sorted(unconfirmed)))
 
 
-def _settling(chargers: Sequence[ChargerInput], meter: MeterReading, lim: SiteLimits) -> dict[str, float]:
-    """{name: the most its car may draw} for every settling charger (rule 3 of allocate())."""
-    out = {}
+def _settling(chargers: Sequence[ChargerInput], meter: MeterReading, lim: SiteLimits
+              ) -> tuple[dict[str, float], list[str]]:
+    """Rule 3 of allocate(): ({name: the most its car may draw} of the chargers counted at it, [every charger whose
+    own meter does not show its newest setpoint yet]); nothing rises on the phases of the latter."""
+    most, unconfirmed = {}, []
     for c in chargers:
-        if c.lost or c.stale or c.draw_A is None or not c.changes:
+        if c.lost or not c.changes:
             continue
-        if any(meter.current_A[p] > lim.A_max[p] + _EPS for p in c.grid_phases):
-            continue                # a measured overload is answered from the measured draws
         unseen = [(t, before) for t, before in c.changes
                   if c.draw_s is None or t > c.draw_s - lim.ramp_s]
-        if not unseen or meter.updated_s <= min(t for t, _ in unseen):
-            continue                # its meter shows every change, or the grid reading is older than them
-        out[c.name] = max([float(c.setpoint_A), *(before for _, before in unseen), *c.draw_A])
-    return out
+        if not unseen:
+            continue                # its meter shows every change
+        unconfirmed.append(c.name)
+        if c.stale or c.draw_A is None or meter.updated_s <= min(t for t, _ in unseen):
+            continue                # its draw is unknown anyway, or the grid reading is older than the changes
+        if any(meter.current_A[p] > lim.A_max[p] + _EPS for p in c.grid_phases):
+            continue                # a measured overload is answered from the measured draws
+        most[c.name] = max([float(c.setpoint_A), *(before for _, before in unseen), *c.draw_A])
+    return most, unconfirmed
 
 
 def _base_load(measured: PerPhase, chargers: Sequence[ChargerInput], settling: Mapping[str, float]) -> PerPhase:

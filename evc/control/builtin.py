@@ -525,6 +525,10 @@ class BuiltinControl(Instance):
             self._write(name, sp, why, now, decrease=True)
         if not ups:
             return
+        if downs:
+            # The cars lowered take up to ramp_s to follow: an increase written now could overtake them on the
+            # grid. allocate() raises nothing on their phases until their meters show the decrease.
+            return
         lost = {c.name for c in inputs if c.lost}
         if self._down_failed or any(n for n, k in self._inflight.items() if k and n not in lost):
             # An increase must not overtake a decrease still on its way (maybe on another bus). Once the writes
