@@ -17,7 +17,8 @@ class ChargerStatus:
 
     `online` False means the device stopped answering: its draw is then unknown and control must count the worst case
     (the last setpoint it may still apply), never zero. `actual_A` is the measured current per charger phase, in the
-    order of `phase_map` (from the charger's meter, or its own measurement), None where unknown.
+    order of `phase_map` (from the charger's meter, or its own measurement), None where unknown; `actual_s` says when it was measured, so
+    that control can pair it with the grid meter's reading of the same moment.
     """
     vehicle: Vehicle = "unknown"
     online: bool = False
@@ -27,6 +28,7 @@ class ChargerStatus:
     limit_A: Optional[float] = None          # the device's own ceiling right now (cable/PP limit), None = unknown
     fault: str = ""                          # a sentence when vehicle == "fault" or the device reports an error
     updated: Optional[float] = None          # clock seconds of the last good poll
+    actual_s: Optional[float] = None         # clock seconds when actual_A was measured (None: as `updated`)
 
 
 class ICharger(Interface):

@@ -511,7 +511,7 @@ class EvccManual(Instance):
         status = ChargerStatus(
             vehicle=vehicle, online=True, setpoint_A=self._setpoint_A(), offered_A=offered_cA / 100,
             actual_A=self._actual_A(), limit_A=self._cable_A, fault=self._fault(state_code, status_bits),
-            updated=self.ctx.clock.seconds())
+            updated=self.ctx.clock.seconds(), actual_s=self._actual_s())
         # The session first, so that status subscribers (control) already see the new wants_current().
         self.sessions.update(status, self._meter_Wh())
         self._set_status(status)
@@ -538,6 +538,11 @@ class EvccManual(Instance):
             return (None,) * self.config.phases
         return tuple(reading.A[PHASE_INDEX[p]] for p in self.config.phase_map)
 
+    def _actual_s(self) -> float | None:
+        """When its meter measured actual_A (control pairs it with the grid meter's reading of that moment)."""
+        reading = self.meter.reading if self.meter is not None else None
+        return None if reading is None or reading.stale else reading.updated
+
     def _meter_Wh(self) -> float | None:
         reading = self.meter.reading if self.meter is not None else None
         if reading is None or reading.stale:
@@ -545,7 +550,7 @@ class EvccManual(Instance):
         return reading.energy_Wh
 
     def _meter_reading(self, reading: Reading) -> None:
-        self._set_status(dataclasses.replace(self.status, actual_A=self._actual_A()))
+        self._set_status(dataclasses.replace(self.status, actual_A=self._actual_A(), actual_s=self._actual_s()))
 
     # --- status ---
 

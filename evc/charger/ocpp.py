@@ -209,6 +209,7 @@ class OcppCharger(Instance):
         self._power_W: float | None = None
         self._offered_A: float | None = None
         self._measured_A: list[float | None] = [None] * config.phases
+        self._measured_s: float | None = None      # when the charge point's last MeterValues arrived
         self._tx_Wh: float | None = None             # the newest reading of the open transaction (its session's)
         self._boot: dict | None = None
         # transactions
@@ -878,6 +879,7 @@ class OcppCharger(Instance):
                 elif measurand == "Power.Active.Import" and not phase:
                     self._power_W = value * 1000 if unit == "kW" else value
         self._measured_A = measured
+        self._measured_s = self.ctx.clock.seconds()
         if self._energy_Wh is not None:
             self.ctx.state.set("energy_Wh", round(self._energy_Wh, 1), deadband=1.0)
         if self._power_W is not None:
@@ -926,6 +928,13 @@ class OcppCharger(Instance):
             return tuple(reading.A[PHASE_INDEX[p]] for p in self.config.phase_map)
         return tuple(self._measured_A)
 
+    def _actual_s(self) -> float | None:
+        """When actual_A was measured: its meter's reading, or the charge point's last MeterValues."""
+        if self.meter is not None:
+            reading = self.meter.reading
+            return None if reading is None or reading.stale else reading.updated
+        return self._measured_s
+
     def _meter_reading(self, reading: Reading) -> None:
         self._refresh_status()
 
@@ -933,7 +942,7 @@ class OcppCharger(Instance):
         controllable = self.conn is not None and self.smart != "rejected"
         return ChargerStatus(vehicle=self._vehicle(), online=controllable, setpoint_A=self._setpoint_A(),
                              offered_A=self._offered_A, actual_A=self._actual_A(), limit_A=None,
-                             fault=self._fault(), updated=self._seen_s)
+                             fault=self._fault(), updated=self._seen_s, actual_s=self._actual_s())
 
     def _feed_sessions(self) -> None:
         s = self._compose()

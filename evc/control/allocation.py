@@ -76,6 +76,9 @@ class SiteLimits:
     min_off_s: a charger paused less than this ago is not started again.
     deadband_A: spare current each phase must keep before a setpoint is raised, so small swings
         of the base load do not move setpoints up and down. Decreases never wait for it.
+    ramp_s: how long a car may take to follow a new setpoint (IEC 61851-1 gives it 5 s). A charger's
+        own meter reading taken less than ramp_s after a setpoint change does not yet show what the
+        car draws at the new setpoint (see ChargerInput.changes).
     """
     A_max: PhaseValues
     failsafe_A: int = 0
@@ -83,6 +86,7 @@ class SiteLimits:
     min_on_s: float = 120.0
     min_off_s: float = 120.0
     deadband_A: float = 1.0
+    ramp_s: float = 5.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "A_max", per_phase(self.A_max))
@@ -92,8 +96,8 @@ class SiteLimits:
             raise ValueError(f"failsafe_A must be 0 or >= {IEC_MIN_A} A, got {self.failsafe_A}")
         if not self.stale_s > 0:
             raise ValueError(f"stale_s must be > 0, got {self.stale_s}")
-        if self.min_on_s < 0 or self.min_off_s < 0 or self.deadband_A < 0:
-            raise ValueError("min_on_s, min_off_s and deadband_A must be >= 0")
+        if self.min_on_s < 0 or self.min_off_s < 0 or self.deadband_A < 0 or self.ramp_s < 0:
+            raise ValueError("min_on_s, min_off_s, deadband_A and ramp_s must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,10 @@ class ChargerInput:
     switched_s: when control last switched it on (0 -> >= 6 A) or off (-> 0); None: no switch on
         record, e.g. a new session (then min_on_s/min_off_s do not apply).
     idle_reason: the reason shown while wants is False.
+    draw_s: when draw_A was measured (same clock as now_s); None: unknown.
+    changes: control's own record of this charger's recent setpoint changes, ((when_s, setpoint
+        before the change), ...). A change less than limits.ramp_s before draw_s (or any, when
+        draw_s is unknown) is not yet in draw_A: until it is, the charger is *settling* (rule 3).
     """
     name: str
     wants: bool
@@ -150,6 +158,8 @@ class ChargerInput:
     lost: bool = False
     switched_s: float | None = None
     idle_reason: str = "no car"
+    draw_s: float | None = None
+    changes: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.phases not in (1, 2, 3):
@@ -167,6 +177,7 @@ class ChargerInput:
             object.__setattr__(self, "draw_A", draw)
             if len(draw) != self.phases:
                 raise ValueError(f"{self.name}: draw_A needs one value per phase used ({self.phases}), got {draw}")
+        object.__setattr__(self, "changes", tuple((float(t), float(a)) for t, a in self.changes))
 
         # Not a field: derived, but read several times per charger per allocation.
         object.__setattr__(self, "grid_phases", pm[:self.phases])
@@ -205,11 +216,13 @@ class Result:
     headroom_A: A_max - base - sum of setpoints per phase; negative when the base load (or a lost
         charger) alone exceeds the limit.
     mode: "normal", "failsafe" (meter stale) or "hold" (store lost: no increases).
+    settling: the chargers whose own meters do not show their newest setpoints yet (rule 3), by name.
     """
     allocations: tuple[Allocation, ...]
     base_A: PerPhase
     headroom_A: PerPhase
     mode: str
+    settling: tuple[str, ...] = ()
 
     def __getitem__(self, name: str) -> Allocation:
         for a in self.allocations:
@@ -254,6 +267,15 @@ def allocate(inputs: Inputs) -> Result:
        it (clamped >= 0); a car whose draw is unknown (draw_A None, or stale) is not subtracted,
        so its current stays in the base and its new setpoint is counted on top of it. Available =
        A_max - base - lost reservations.
+       Settling: a charger whose setpoint changed after the grid meter's reading began to see it,
+       but whose own reading predates the change by less than ramp_s (its car may be anywhere
+       between the old and the new setpoint when the grid meter read it), counts as drawing the
+       most it may: the highest of its setpoint and the setpoints it had before those changes. Its
+       own ramp is then never base load. In exchange, nothing on the phases of a charger whose own
+       meter does not show its newest setpoint yet (the grid reading older or not) is raised or
+       started until it does: the base may be underestimated by what its car has not yet taken,
+       and a car that was lowered may still draw its old current for ramp_s. On a phase the grid meter measures over A_max, settling does not apply:
+       the cars' measured draws count, so the overload is answered on the reading that shows it.
     4. Who charges: each charging car needs A_min on each of its phases. A paused charger stays
        paused if it was paused less than min_off_s ago, or if it may not increase (store lost,
        charger stale). The others are taken in this order and kept/started if A_min still fits
@@ -320,14 +342,22 @@ def allocate(inputs: Inputs) -> Result:
             continue
         cands.append(_Cand(i, c, phases, lo, hi, hi_from))
 
+    settling: dict[str, float] = {}
+    unconfirmed: list[str] = []
     if failsafe:
         base = PerPhase()
         _failsafe(cands, lim, meter.name, reserved, out_sp, out_why)
         mode = "failsafe"
     else:
-        base = _base_load(meter.current_A, chargers)
+        settling, unconfirmed = _settling(chargers, meter, lim)
+        base = _base_load(meter.current_A, chargers, settling)
         avail = {p: lim.A_max[p] - base[p] - reserved[p] for p in PHASES}
-        _normal(cands, lim, now, inputs.store_lost, avail, out_sp, out_why)
+        waits = {}                  # grid phase -> a charger on it whose meter does not show its new setpoint yet
+        for c in chargers:
+            if c.name in unconfirmed:
+                for p in c.grid_phases:
+                    waits.setdefault(p, c.name)
+        _normal(cands, lim, now, inputs.store_lost, avail, out_sp, out_why, waits)
         mode = "hold" if inputs.store_lost else "normal"
 
     used = {p: 0.0 for p in PHASES}
@@ -337,16 +367,38 @@ def allocate(inputs: Inputs) -> Result:
                 used[p] += out_sp[i]
     headroom = PerPhase(*(lim.A_max[p] - base[p] - used[p] for p in PHASES))
     allocations = tuple(Allocation(names[i], out_sp[i], out_why[i]) for i in range(n))
-    return Result(allocations, base, headroom, mode)
+    return Result(allocations, base, headroom, mode, tuple(sorted(unconfirmed)))
 
 
-def _base_load(measured: PerPhase, chargers: Sequence[ChargerInput]) -> PerPhase:
-    """Measured current minus the cars' known draw, per phase, never below 0."""
+def _settling(chargers: Sequence[ChargerInput], meter: MeterReading, lim: SiteLimits
+              ) -> tuple[dict[str, float], list[str]]:
+    """Rule 3 of allocate(): ({name: the most its car may draw} of the chargers counted at it, [every charger whose
+    own meter does not show its newest setpoint yet]); nothing rises on the phases of the latter."""
+    most, unconfirmed = {}, []
+    for c in chargers:
+        if c.lost or not c.changes:
+            continue
+        unseen = [(t, before) for t, before in c.changes
+                  if c.draw_s is None or t > c.draw_s - lim.ramp_s]
+        if not unseen:
+            continue                # its meter shows every change
+        unconfirmed.append(c.name)
+        if c.stale or c.draw_A is None or meter.updated_s <= min(t for t, _ in unseen):
+            continue                # its draw is unknown anyway, or the grid reading is older than the changes
+        if any(meter.current_A[p] > lim.A_max[p] + _EPS for p in c.grid_phases):
+            continue                # a measured overload is answered from the measured draws
+        most[c.name] = max([float(c.setpoint_A), *(before for _, before in unseen), *c.draw_A])
+    return most, unconfirmed
+
+
+def _base_load(measured: PerPhase, chargers: Sequence[ChargerInput], settling: Mapping[str, float]) -> PerPhase:
+    """Measured current minus the cars' known draw (the most a settling car may draw), per phase, never below 0."""
     car = {p: 0.0 for p in PHASES}
     for c in chargers:
         if c.draw_A is not None and not c.stale:
+            most = settling.get(c.name)
             for p, a in zip(c.grid_phases, c.draw_A):
-                car[p] += max(0.0, a)
+                car[p] += max(0.0, a if most is None else most)
     return PerPhase(*(max(0.0, measured[p] - car[p]) for p in PHASES))
 
 
@@ -374,8 +426,10 @@ def _failsafe(cands, lim, meter_name, reserved, out_sp, out_why) -> None:
         out_why[k.i] = f"{why}, {target} A"
 
 
-def _normal(cands, lim, now, store_lost, avail, out_sp, out_why) -> None:
-    """Rules 4-6 of allocate(): who charges, how much, and the integer setpoints with hysteresis."""
+def _normal(cands, lim, now, store_lost, avail, out_sp, out_why, waits) -> None:
+    """Rules 4-6 of allocate(): who charges, how much, and the integer setpoints with hysteresis.
+
+    waits: {grid phase: a settling charger on it}: nothing on those phases rises (rule 3)."""
     eligible: list[_Cand] = []
     for k in cands:
         c = k.c
@@ -388,6 +442,12 @@ def _normal(cands, lim, now, store_lost, avail, out_sp, out_why) -> None:
             k.noinc, k.why_noinc = True, "charger state stale, no increases"
         elif c.draw_A is None and k.on:
             k.noinc, k.why_noinc = True, "draw unknown, no increases"
+        else:
+            busy = next((waits[p] for p in k.phases if p in waits), None)
+            if busy is not None:
+                k.noinc = True
+                k.why_noinc = ("new setpoint settling" if busy == c.name
+                               else f"waiting for {busy}'s new setpoint to show in its meter")
         if not k.on:
             if k.noinc:
                 out_why[k.i] = f"paused: {k.why_noinc}"

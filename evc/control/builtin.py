@@ -84,6 +84,7 @@ class BuiltinConfig:
     min_on_s: float = 120.0
     min_off_s: float = 120.0
     deadband_A: float = 1.0
+    ramp_s: float = 5.0
     type: str | None = None
 
     def __post_init__(self):
@@ -105,14 +106,16 @@ class BuiltinConfig:
             self.limits
         except (ValueError, TypeError) as e:
             # SiteLimits names the setting in its message; the supervisor wants the leaf first.
-            leaf = next((f for f in ("failsafe_A", "stale_s", "min_on_s", "min_off_s", "deadband_A") if f in str(e)),
+            leaf = next((f for f in ("failsafe_A", "stale_s", "min_on_s", "min_off_s", "deadband_A", "ramp_s")
+                         if f in str(e)),
                         "A_max")
             raise ConfigError(f"config/{leaf}: {e}") from None
 
     @property
     def limits(self) -> SiteLimits:
         return SiteLimits(A_max=self.A_max, failsafe_A=self.failsafe_A, stale_s=self.stale_s,
-                          min_on_s=self.min_on_s, min_off_s=self.min_off_s, deadband_A=self.deadband_A)
+                          min_on_s=self.min_on_s, min_off_s=self.min_off_s, deadband_A=self.deadband_A,
+                          ramp_s=self.ramp_s)
 
     def follows(self, name: str) -> bool:
         return named(self.chargers, name)
@@ -144,9 +147,11 @@ class BuiltinControl(Instance):
         self._switched: dict[str, float | None] = {}
         self._inflight: dict[str, int] = {}
         self._reading_wanted = False        # setpoints changed: the next meter reading shows their effect
-        # Each charger's measured current, and the most it could then draw (its setpoint), when the meter was last
-        # read: (actual_A, setpoint_A).
-        self._draws: dict[str, tuple[tuple, float]] = {}
+        # Each charger's measured current, the most it could then draw (its setpoint) and when its current was
+        # measured, as of the grid meter's last reading: (actual_A, setpoint_A, measured_s).
+        self._draws: dict[str, tuple[tuple, float, float | None]] = {}
+        # Each charger's recent setpoint changes, oldest first: [(when_s, setpoint before)] (allocate's `changes`).
+        self._changes: dict[str, list[tuple[float, float]]] = {}
         self._down_failed = False           # a decrease failed: no increases until the next interval
         self._busy = False
         self._again: str | None = None
@@ -208,7 +213,7 @@ class BuiltinControl(Instance):
         # The base load is the meter minus the cars' draw: both must be of the same moment. A recompute between two
         # readings with the newest draws would count every car that slowed down since as other load (and lower
         # everyone again for nothing); the draws known when the meter was read are the ones it measured.
-        self._draws = {name: (st.actual_A, st.setpoint_A)
+        self._draws = {name: (st.actual_A, st.setpoint_A, st.actual_s if st.actual_s is not None else st.updated)
                        for name, st in ((n, d.instance.status) for n, d in self.chargers.items())}
         self._arm_stale_timer(reading)
         if reading.stale != self._meter_stale:
@@ -221,8 +226,9 @@ class BuiltinControl(Instance):
             if a is not None and a > self.limits.A_max[phase]:
                 self.recompute(f"phase {phase} over its limit: {a:.1f} A > {self.limits.A_max[phase]:g} A")
                 return
-        if self._reading_wanted:
-            # Increases wait for the decreases to be written; the first reading after the writes shows them.
+        if self._reading_wanted or (self.last is not None and self.last.settling):
+            # Increases wait for the decreases to be written, and for the chargers' own meters to show the new
+            # setpoints (settling, docs/control.md); a reading after the writes may show both.
             self._reading_wanted = False
             self.recompute("meter reading after setpoint changes")
 
@@ -370,7 +376,7 @@ class BuiltinControl(Instance):
         driven = self.chargers.pop(name, None)
         if driven is not None:
             driven.unsubscribe()
-        for d in (self._asked, self._switched, self._inflight):
+        for d in (self._asked, self._switched, self._inflight, self._changes):
             d.pop(name, None)
         if name in self._written_allocs:
             self._written_allocs.discard(name)
@@ -403,7 +409,8 @@ class BuiltinControl(Instance):
         lost = not st.online
         if lost:
             setpoint = max(accepted, asked or 0)     # it may still apply either: count the larger
-        measured, offered_A = self._draws.get(name, (st.actual_A, st.setpoint_A))
+        measured, offered_A, draw_s = self._draws.get(
+            name, (st.actual_A, st.setpoint_A, st.actual_s if st.actual_s is not None else st.updated))
         measured = measured[:phases]
         draw = tuple(float(a) for a in measured) if len(measured) == phases and None not in measured else None
         if draw is not None and getattr(cfg, "meter", None) == self.config.meter:
@@ -422,11 +429,21 @@ class BuiltinControl(Instance):
                                 phases=phases, phase_map=phase_map, A_max=a_max, cap_A=self.cap_A(name),
                                 setpoint_A=max(0, setpoint),
                                 draw_A=draw, stale=stale, lost=lost, switched_s=self._switched.get(name),
-                                idle_reason=_idle_reason(st))
+                                idle_reason=_idle_reason(st), draw_s=draw_s, changes=self._recent_changes(name, now))
         except ValueError as e:
             # A charger whose settings control cannot use is paused, not left uncontrolled.
             return ChargerInput(name=name, wants=False, setpoint_A=max(0, setpoint), lost=lost,
                                 idle_reason=f"paused: {e}")
+
+    def _recent_changes(self, name: str, now: float) -> tuple:
+        """The setpoint changes a reading of the charger's meter may not show yet: those of the last ramp_s, plus
+        the reading lag a meter may have (stale_s): older ones are in every reading control still trusts."""
+        changes = self._changes.get(name)
+        if not changes:
+            return ()
+        keep = now - (self.config.ramp_s + self.config.stale_s)
+        changes[:] = [c for c in changes if c[0] > keep]
+        return tuple(changes)
 
     def _meter_input(self, now: float) -> MeterReading:
         r: Reading = self.meter.reading
@@ -508,6 +525,10 @@ class BuiltinControl(Instance):
             self._write(name, sp, why, now, decrease=True)
         if not ups:
             return
+        if downs:
+            # The cars lowered take up to ramp_s to follow: an increase written now could overtake them on the
+            # grid. allocate() raises nothing on their phases until their meters show the decrease.
+            return
         lost = {c.name for c in inputs if c.lost}
         if self._down_failed or any(n for n, k in self._inflight.items() if k and n not in lost):
             # An increase must not overtake a decrease still on its way (maybe on another bus). Once the writes
@@ -523,6 +544,8 @@ class BuiltinControl(Instance):
         self._asked[name] = current_A
         if (before == 0) != (current_A == 0):
             self._switched[name] = now
+        if before != current_A:
+            self._changes.setdefault(name, []).append((now, float(before)))
         log.info("{charger} set to {current_A} A: {reason}", charger=name, current_A=current_A, reason=why)
         self._inflight[name] = self._inflight.get(name, 0) + 1
         self._reading_wanted = True

@@ -259,20 +259,27 @@ def test_decreases_are_written_before_increases_and_increases_wait_for_them():
     assert b.writes == [16]                         # once a accepted 16 A and the meter shows it
 
 
-def test_increases_follow_the_first_meter_reading_after_a_write():
-    """Right after a decrease the meter still shows the old draw: the next reading is the moment to raise."""
+def test_increases_follow_the_first_meter_reading_that_shows_the_decrease():
+    """Right after a decrease the car may still draw its old current for ramp_s: the first reading of its meter
+    taken ramp_s after the decrease is the moment to raise (not the interval, not the reading right after)."""
     site = Site({"a": dict(setpoint_A=32, A_max=32), "b": dict(wants=False, A_max=32)},
                 A_max=32, interval_s=60, deadband_A=0)
     control = site.start()
     site.read()
-    b = site.chargers["b"]
+    a, b = site.chargers["a"], site.chargers["b"]
     b.wants = True
     b.set(vehicle="plugged")
+    assert a.writes == [16]
+    site.read()
+    assert b.writes == []                          # a's car may still draw 32 A
+    site.run(4)
+    assert b.writes == []
+    site.run(1)                                    # a's meter read ramp_s (5 s) after the decrease
+    assert b.writes == [16]
+    site.run(6)                                    # b's raise shows in its meter
     n = control.recomputes
-    site.read()
-    assert control.recomputes == n + 1 and b.writes == [16]
-    site.read()
-    assert control.recomputes == n + 1             # nothing was written since: readings within limits wait
+    site.run(3)
+    assert control.recomputes == n                 # settled, nothing written since: readings within limits wait
 
 
 def test_the_largest_decrease_is_written_first():
@@ -629,6 +636,10 @@ def test_under_the_supervisor_star_follows_a_charger_added_to_the_site_later(sup
     put("charger/b/config/A_max", "32")
     clock.advance(0)
     assert sup.instances[("control", "master")].service is control      # followed live, not restarted
+    assert sup.instances[("charger", "b")].service.writes == []          # a's car is still ramping up
+    for _ in range(16):     # this fake charger's current has no time of its own: ramp_s + stale_s
+        clock.advance(1)
+        sup.instances[("meter", "grid")].service.read([0.0, 0.0, 0.0])
     assert sup.instances[("charger", "b")].service.writes == [16]
     clock.advance(1)                                                     # a state flush
     kv = store.range(f"{ROOT}/control/master/state/allocations/b/A").result.kvs
