@@ -337,8 +337,10 @@ class OcppServer(Instance):
                      reason=conn.close_reason)
 
     def _publish_connected(self) -> None:
+        # Computed when the state is flushed: a thousand charge points reconnecting at once sort the list once per
+        # tick, not once per connection.
         if self.running:
-            self.ctx.state.set("connected", sorted(self.connections))
+            self.ctx.state.set_computed("connected", lambda: sorted(self.connections))
 
     # --- transaction ids ---
 

@@ -275,6 +275,8 @@ class EtcdStore:
     /v3/auth/authenticate and fetched again once when etcd says it is no longer valid.
     """
 
+    max_in_flight = 8      # unary requests on the wire at once; more wait (their deadline includes the wait)
+
     def __init__(self, url: str, reactor, user: str | None = None, password: str | None = None,
                  ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None,
                  prefix: str = "/v3", timeout_s: float = 5.0, retry_initial_s: float = 0.2,
@@ -300,6 +302,11 @@ class EtcdStore:
         policy = _TLSPolicy(ca_file, cert_file, key_file) if parts.scheme == "https" else None
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool._factory = _QuietFactory
+        # A burst of requests (every charger of a site booting at once) shares a few kept-alive connections: without
+        # the bound, each request beyond the pool's idle ones opens (and resolves, in a thread) a TCP connection of
+        # its own and closes it again, and the burst stalls the reactor. Watch streams are not counted.
+        self._pool.maxPersistentPerHost = self.max_in_flight
+        self._slots = defer.DeferredSemaphore(self.max_in_flight)
         agent = Agent(reactor, contextFactory=policy, pool=self._pool) if policy else Agent(reactor, pool=self._pool)
         self._http = HTTPClient(agent)
         self._token: str | None = None
@@ -385,9 +392,13 @@ class EtcdStore:
         return EtcdError(f"etcd at {self.url}: {message}", code, message)
 
     async def _post_once(self, path: str, body: dict, token: str | None) -> dict:
-        resp = await self._http.post(self._base + path, data=json.dumps(body).encode(),
-                                     headers=self._headers(token))
-        raw = await treq.content(resp)
+        await self._slots.acquire()
+        try:
+            resp = await self._http.post(self._base + path, data=json.dumps(body).encode(),
+                                         headers=self._headers(token))
+            raw = await treq.content(resp)
+        finally:
+            self._slots.release()
         if resp.code != 200:
             raise self._error_from_body(resp.code, raw, path)
         # Streaming endpoints (lease/keepalive) answer one JSON object per line, inside "result";

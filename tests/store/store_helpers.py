@@ -48,6 +48,7 @@ class Recorder:
 class _TrackedProxyServer(portforward.ProxyServer):
     def connectionMade(self):
         self.factory.connections.add(self)
+        self.factory.accepted += 1
         super().connectionMade()
 
     def connectionLost(self, reason):
@@ -63,6 +64,7 @@ class CuttableProxy:
         self.factory = portforward.ProxyFactory("127.0.0.1", target_port)
         self.factory.protocol = _TrackedProxyServer
         self.factory.connections = set()
+        self.factory.accepted = 0          # connections accepted since the start
         self.port = _reactor().listenTCP(0, self.factory, interface="127.0.0.1")
         self.port_number = self.port.getHost().port
 

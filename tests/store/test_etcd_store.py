@@ -4,7 +4,7 @@ import json
 import pytest
 import pytest_twisted
 from hypothesis import given, settings, strategies as st
-from twisted.internet import threads
+from twisted.internet import defer, threads
 
 from evc.errors import StoreError, StoreUnavailable
 from evc.etcdserver import free_port
@@ -192,3 +192,17 @@ async def test_stop_closes_the_watch_connection_and_close_closes_the_pool(etcd_o
     await wait_for(lambda: len(proxy.factory.connections) == 1, what="the stream's connection to close")
     await store.close()
     await wait_for(lambda: len(proxy.factory.connections) == 0, what="the pool to close")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_requests_shares_a_few_kept_alive_connections(etcd_own, proxy, make_store):
+    """200 puts at once (every charger of a site booting together) open at most max_in_flight connections, and all
+    of them land; a connection per request would stall the reactor with connects and name resolutions."""
+    store = make_store(proxy.url)
+    n = 200
+    await defer.gatherResults([store.put(f"/evc/burst/{i:03d}", str(i).encode()) for i in range(n)])
+    got = await store.range("/evc/burst/", prefix=True)
+    assert [kv.value for kv in got.kvs] == [str(i).encode() for i in range(n)]
+    assert proxy.factory.accepted <= EtcdStore.max_in_flight
+    await defer.gatherResults([store.put(f"/evc/burst/{i:03d}", b"again") for i in range(n)])
+    assert proxy.factory.accepted <= EtcdStore.max_in_flight      # kept alive: the second burst opens none
