@@ -55,6 +55,10 @@ class _TrackedProxyServer(portforward.ProxyServer):
         self.factory.connections.discard(self)
         super().connectionLost(reason)
 
+    def dataReceived(self, data):
+        self.factory.requests += data.count(b"POST /")      # HTTP requests from the client (bodies are JSON)
+        super().dataReceived(data)
+
 
 class CuttableProxy:
     """A TCP forwarder in front of etcd: cut() makes etcd unreachable for clients that use the proxy
@@ -65,6 +69,7 @@ class CuttableProxy:
         self.factory.protocol = _TrackedProxyServer
         self.factory.connections = set()
         self.factory.accepted = 0          # connections accepted since the start
+        self.factory.requests = 0          # HTTP requests forwarded since the start
         self.port = _reactor().listenTCP(0, self.factory, interface="127.0.0.1")
         self.port_number = self.port.getHost().port
 
