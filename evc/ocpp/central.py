@@ -44,6 +44,7 @@ from ocpp.exceptions import (
     FormatViolationError, GenericError, InternalError, NotImplementedError as OcppNotImplemented,
     NotSupportedError, OCPPError, PropertyConstraintViolationError, UnknownCallErrorCodeError,
 )
+from ocpp import messages as ocpp_messages
 from ocpp.messages import Call, CallError, CallResult, validate_payload
 from ocpp.v16 import ChargePoint as _V16ChargePoint
 from ocpp.v16 import call as v16_call
@@ -83,6 +84,12 @@ _HEAD_ID = re.compile(r'^\s*\[\s*2\s*,\s*"((?:[^"\\]|\\.){1,36})"')
 _ERROR_SPELLINGS = {"FormationViolation": "FormatViolation",
                     "OccurrenceConstraintViolation": "OccurenceConstraintViolation"}
 _KNOWN_ERROR_CODES = {cls.code for cls in OCPPError.__subclasses__()}
+
+# The library validates payloads in asyncio's thread pool by default. jsonschema is pure Python and holds the GIL,
+# so a thread gains nothing, and each CALL then costs a thread hand-off plus up to a GIL switch interval (5 ms) of
+# waiting for the reactor: under a thousand chargers' traffic that made the loop stall. Validate inline instead (this
+# is the library's own switch; it applies to its call() for EVC's CALLs too).
+ocpp_messages.ASYNC_VALIDATION = False
 
 # The library logs every frame at INFO (id tags included): EVC logs what it needs itself.
 _QUIET = logging.getLogger("evc.ocpp.library")
