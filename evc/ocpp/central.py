@@ -51,6 +51,7 @@ from ocpp.v16 import call as v16_call
 from ocpp.v16.enums import Action
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from websockets.exceptions import ConnectionClosed
 
 from evc.ocpp.bridge import from_deferred, to_deferred
@@ -340,8 +341,18 @@ class CentralConnection:
             await validate_payload(msg, OCPP_VERSION)
             # Shielded: a connection that drops while a CALL is handled (a StartTransaction that allocated its id)
             # must not cut the handler off half-way; its answer is simply not sent, the charge point resends.
-            result = await asyncio.shield(from_deferred(
-                defer.maybeDeferred(self.handler.ocpp_call, action, msg.payload), self.reactor))
+            d = defer.maybeDeferred(self.handler.ocpp_call, action, msg.payload)
+            done: list = []
+            d.addBoth(lambda r: (done.append(r), r)[1])
+            if done:
+                # Answered at once (Heartbeat, MeterValues): no round of futures through the loop, which a loaded
+                # loop makes every CALL pay in latency.
+                d.addErrback(lambda f: None)
+                if isinstance(done[0], Failure):
+                    done[0].raiseException()
+                result = done[0]
+            else:
+                result = await asyncio.shield(from_deferred(d, self.reactor))
             response = msg.create_call_result(result)
             try:
                 await validate_payload(response, OCPP_VERSION)
