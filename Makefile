@@ -33,6 +33,7 @@ demo: deps
 BENCHES := $(filter-out benchmarks/ocpp_loadgen.py benchmarks/ocpp_bare_cs.py,$(wildcard benchmarks/*.py))
 
 bench: deps
+	cd benchmarks/ocpp_rpc && npm ci --no-audit --no-fund --loglevel=error
 	@for b in $(BENCHES); do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

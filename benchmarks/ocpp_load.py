@@ -135,8 +135,10 @@ class EvcServer:
     """`twistd -n evc` with one server/ocpp and N charger/ocpp instances in a fresh root of a shared etcd."""
     name = "evc"
 
-    def __init__(self, n: int, workdir: str, etcd: EtcdServer, prefix: str, startup_timeout_s: float):
+    def __init__(self, n: int, workdir: str, etcd: EtcdServer, prefix: str, startup_timeout_s: float,
+                 site_defaults: bool = False):
         self.n, self.workdir, self.etcd, self.prefix = n, workdir, etcd, prefix
+        self.site_defaults = site_defaults     # a site as configured out of the box (meter values, local list)
         self.root = f"/bench/ocpp-{n}-{int(time.time() * 1000)}"
         self.startup_timeout_s = startup_timeout_s
         self.log_path = os.path.join(workdir, f"evc-{n}.log")
@@ -146,8 +148,9 @@ class EvcServer:
         kv = {f"{self.root}/server/cs/type": "ocpp", f"{self.root}/server/cs/config/listen": f"127.0.0.1:{port}"}
         for i in range(1, self.n + 1):
             base = f"{self.root}/charger/{self.prefix}{i:04d}"
-            kv.update({f"{base}/type": "ocpp", f"{base}/config/server": "cs", f"{base}/config/A_max": "32",
-                       f"{base}/config/meter_interval_s": "0", f"{base}/config/local_list": "false"})
+            kv.update({f"{base}/type": "ocpp", f"{base}/config/server": "cs", f"{base}/config/A_max": "32"})
+            if not self.site_defaults:
+                kv.update({f"{base}/config/meter_interval_s": "0", f"{base}/config/local_list": "false"})
         etcd_put_many(self.etcd.url, kv)
         self.log = open(self.log_path, "wb")
         env = {k: v for k, v in os.environ.items() if k not in ("EVC_ROOT", "EVC_ETCD_URL")}
@@ -310,9 +313,110 @@ def _median_round(runs: list[dict]) -> dict:
     return good[(len(good) - 1) // 2]
 
 
+# -- the reconnect storm, measured by an independent load generator (ocpp-rpc, strict mode) --------------------
+
+RPC_DIR = os.path.join(HERE, "ocpp_rpc")
+NODE = os.environ.get("NODE", "node")
+
+
+def rpc_loadgen_ready() -> str | None:
+    """None when benchmarks/ocpp_rpc is installed (`make bench` runs npm ci there), else why not."""
+    if not os.path.isdir(os.path.join(RPC_DIR, "node_modules", "ocpp-rpc")):
+        return f"the ocpp-rpc load generator is not installed: run `npm ci` in {RPC_DIR} (make bench does)"
+    try:
+        subprocess.run([NODE, "--version"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        return f"node ({NODE}) is not available to run the ocpp-rpc load generator"
+    return None
+
+
+def measure_storm(server, n: int, args) -> dict:
+    """All N chargers connect at --connect-rate per s, then each sends --msg-rate CALLs/s for --duration-s."""
+    url = server.start()
+    try:
+        pid = server.proc.pid
+        time.sleep(0.5)            # let start-up work settle (not a result wait)
+        cpu_before = cpu_s(pid)
+        gen = subprocess.run(
+            [NODE, os.path.join(RPC_DIR, "loadgen.js"), "--url", url, "--count", str(n), "--prefix", args.prefix,
+             "--connect-rate", str(args.connect_rate), "--msg-rate", str(args.msg_rate),
+             "--duration-s", str(args.duration_s), "--call-timeout-ms", str(int(args.call_timeout_s * 1000))],
+            cwd=RPC_DIR, capture_output=True, text=True, timeout=args.duration_s + args.call_timeout_s + 120)
+        if gen.returncode != 0 or not gen.stdout.strip():
+            raise RuntimeError(f"the ocpp-rpc load generator failed ({gen.returncode}): {gen.stderr.strip()[-300:]}")
+        result = json.loads(gen.stdout.strip().splitlines()[-1])
+        result["cpu_s"] = round(cpu_s(pid) - cpu_before, 2)
+        result["server_alive"] = server.proc.poll() is None
+        result["loadgen_notes"] = gen.stderr.strip().splitlines()[:5]
+        return result
+    finally:
+        server.stop()
+
+
+STORM_COLUMNS = [
+    ("booted", lambda r: f"{r['booted']}/{r['count']}"),
+    ("open p50", lambda r: _fmt(r["open_ms"]["p50"])),
+    ("open p99", lambda r: _fmt(r["open_ms"]["p99"])),
+    ("boot p50", lambda r: _fmt(r["boot_ms"]["p50"])),
+    ("boot p99", lambda r: _fmt(r["boot_ms"]["p99"])),
+    ("RT p50", lambda r: _fmt(r["rt_ms"]["p50"])),
+    ("RT p99", lambda r: _fmt(r["rt_ms"]["p99"])),
+    ("RT max", lambda r: _fmt(r["rt_ms"]["max"])),
+    ("steady p99", lambda r: _fmt(r["rt_steady_ms"]["p99"])),
+    ("CALLs", lambda r: str(r["rt_ms"]["n"])),
+    ("timeouts", lambda r: str(r["timeouts"] + r["connect_failures"])),
+    ("errors", lambda r: str(r["call_errors"] + r["strict_failures"] + r["closed_early"])),
+    ("CPU s", lambda r: _fmt(r["cpu_s"])),
+]
+
+
+def print_storm_table(rounds: dict, counts: list[int], sides: list[str], args) -> None:
+    """Every round, bare and EVC side by side, then the EVC/bare ratios per round and the goal's verdict."""
+    header = ["N", "round", "CS"] + [c[0] for c in STORM_COLUMNS]
+    rows = []
+    for n in counts:
+        for i in range(args.rounds):
+            for side in sides:
+                runs = rounds.get((n, side), [])
+                if i >= len(runs):
+                    continue
+                r = runs[i]
+                rows.append([str(n), str(i + 1), side] + (
+                    [f"not measured: {r['error']}"] if "error" in r else [c[1](r) for c in STORM_COLUMNS]))
+    full = [row for row in rows if len(row) > 4]
+    widths = [max([len(h)] + [len(row[i]) for row in full]) for i, h in enumerate(header)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)) + "   (ms; open = websocket open, "
+          "boot = BootNotification, during the ramp)")
+    for row in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)) if len(row) > 4 else "  ".join(row))
+    print()
+    for n in counts:
+        for i, (evc, bare) in enumerate(zip(rounds.get((n, "evc"), []), rounds.get((n, "bare"), []))):
+            if "error" in evc or "error" in bare:
+                continue
+            p99 = _ratio(evc["rt_ms"]["p99"], bare["rt_ms"]["p99"])
+            ok = (evc["rt_ms"]["p99"] <= 2 * bare["rt_ms"]["p99"] and evc["rt_ms"]["max"] < 150
+                  and evc["open_ms"]["p50"] < 20 and evc["timeouts"] + evc["connect_failures"] == 0
+                  and evc["booted"] == n)
+            print(f"N={n} round {i + 1}: EVC/bare  RT p99 {p99} (goal <= 2)   RT max "
+                  f"{_ratio(evc['rt_ms']['max'], bare['rt_ms']['max'])}   open p50 "
+                  f"{_ratio(evc['open_ms']['p50'], bare['open_ms']['p50'])}   boot p50 "
+                  f"{_ratio(evc['boot_ms']['p50'], bare['boot_ms']['p50'])}   CPU "
+                  f"{_ratio(evc['cpu_s'], bare['cpu_s'])}   goal (p99 <= 2x bare, max < 150 ms, open p50 < 20 ms, "
+                  f"no timeouts): {'met' if ok else 'MISSED'}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--counts", default="100,1000", help="charger counts, comma-separated")
+    parser.add_argument("--loadgen", default="ocpp-rpc", choices=["ocpp-rpc", "python"],
+                        help="ocpp-rpc: the reconnect storm measured by benchmarks/ocpp_rpc (node); "
+                             "python: benchmarks/ocpp_loadgen.py (fixed rate, then saturated)")
+    parser.add_argument("--connect-rate", type=float, default=200.0, help="ocpp-rpc: websockets opened per s")
+    parser.add_argument("--msg-rate", type=float, default=1.0, help="ocpp-rpc: CALLs per s per charger")
+    parser.add_argument("--duration-s", type=float, default=30.0, help="ocpp-rpc: from the first connect to the end")
+    parser.add_argument("--call-timeout-s", type=float, default=10.0, help="ocpp-rpc: a CALL unanswered is a timeout")
+    parser.add_argument("--counts", default=None, help="charger counts, comma-separated "
+                        "(default 1000 with ocpp-rpc, 100,1000 with python)")
     parser.add_argument("--sides", default="bare,evc", help="which central systems: bare, evc")
     parser.add_argument("--rate", type=float, default=500.0, help="CALLs/s of the fixed-rate phase")
     parser.add_argument("--rate-s", type=float, default=10.0)
@@ -323,7 +427,12 @@ def main() -> int:
     parser.add_argument("--startup-timeout-s", type=float, default=180.0, help="EVC start-up with N chargers")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args()
+    storm = args.loadgen == "ocpp-rpc"
+    if args.counts is None:
+        args.counts = "1000" if storm else "100,1000"
     counts = [int(x) for x in args.counts.split(",") if x]
+    if storm and (why := rpc_loadgen_ready()):
+        parser.error(why)
     sides = [s for s in args.sides.split(",") if s]
     if set(sides) - {"bare", "evc"}:
         parser.error("--sides takes bare and/or evc")
@@ -340,9 +449,9 @@ def main() -> int:
                 for side in sides:
                     print(f"... round {r + 1}: {side} CS, {n} chargers", file=sys.stderr, flush=True)
                     server = BareServer(n, workdir) if side == "bare" else EvcServer(
-                        n, workdir, etcd, args.prefix, args.startup_timeout_s)
+                        n, workdir, etcd, args.prefix, args.startup_timeout_s, site_defaults=storm)
                     try:
-                        outcome = measure(server, n, args)
+                        outcome = measure_storm(server, n, args) if storm else measure(server, n, args)
                     except (RuntimeError, TimeoutError, OSError, ValueError) as e:
                         outcome = {"error": str(e)}
                         print(f"    {side} with {n} chargers not measured: {e}", file=sys.stderr, flush=True)
@@ -350,6 +459,19 @@ def main() -> int:
     finally:
         if etcd is not None:
             etcd.cleanup()
+    if storm:
+        load = os.getloadavg()
+        print(f"OCPP central system under a reconnect storm, loopback, {os.cpu_count()} CPUs (load average before the "
+              f"table {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}); ocpp-rpc load generator (strict mode, node, its "
+              f"own process): N chargers connecting at {args.connect_rate:.0f}/s, each then sending "
+              f"{args.msg_rate:g} CALL/s until {args.duration_s:.0f} s; EVC with the default charger/ocpp config "
+              f"(meter values, local list); {args.rounds} round(s), bare and EVC interleaved")
+        print_storm_table(rounds, counts, sides, args)
+        print(f"(logs in {workdir})")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({f"{side}-{n}": runs for (n, side), runs in rounds.items()}, f, indent=1)
+        return 0 if all("error" not in r for runs in rounds.values() for r in runs) else 1
     results = {key: _median_round(runs) for key, runs in rounds.items()}
     print(f"OCPP central system, loopback, {os.cpu_count()} CPUs; load generator in its own process; "
           f"fixed rate {args.rate:.0f} CALLs/s for {args.rate_s:.0f} s, then saturated for {args.saturate_s:.0f} s; "

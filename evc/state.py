@@ -1,7 +1,7 @@
 """The state writer: coalesced, deadbanded state leaves flushed in one etcd transaction per tick, under a lease."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -37,6 +37,7 @@ class StateWriter(service.Service):
         self._reference: dict[str, Any] = {}           # key -> last accepted value (deadband reference)
         self._written: dict[str, str] = {}             # key -> text as it is in etcd (for a rewrite after lease loss)
         self._pending_prefix_deletes: set[str] = set()
+        self._computed: dict[str, Callable[[], Any]] = {}   # key -> what computes its value at the next flush
         self._flushing: defer.Deferred | None = None
         self._loop: task.LoopingCall | None = None
         self._keepalive: task.LoopingCall | None = None
@@ -61,14 +62,21 @@ class StateWriter(service.Service):
             return
         self._pending[key] = text
 
+    def set_computed(self, key: str, compute: Callable[[], Any]) -> None:
+        """Like set(key, compute()), but compute() runs once, when the next flush starts: a leaf that is a summary
+        of many things (the list of connected charge points) costs one computation per tick however often it
+        changes (a thousand chargers reconnecting at once), not one per change."""
+        self._computed[key] = compute
+
     def delete(self, key: str) -> None:
+        self._computed.pop(key, None)
         self._reference.pop(key, None)
         if key in self._written or key in self._pending:
             self._pending[key] = None
 
     def delete_prefix(self, prefix: str) -> None:
         """Forget every leaf under `prefix` and delete it from etcd (an instance was removed)."""
-        for d in (self._pending, self._reference, self._written):
+        for d in (self._pending, self._reference, self._written, self._computed):
             for k in [k for k in d if k.startswith(prefix)]:
                 del d[k]
         self._pending_prefix_deletes.add(prefix)
@@ -101,11 +109,24 @@ class StateWriter(service.Service):
 
     def flush(self) -> defer.Deferred:
         """Write what is pending; at most one flush runs at a time (a tick that finds one running skips)."""
-        if self._flushing is not None or not (self._pending or self._pending_prefix_deletes):
+        if self._flushing is not None:
+            return defer.succeed(None)
+        self._compute()
+        if not (self._pending or self._pending_prefix_deletes):
             return defer.succeed(None)
         self._flushing = d = defer.ensureDeferred(self._flush())
         d.addBoth(self._flushed)
         return d
+
+    def _compute(self) -> None:
+        computed, self._computed = self._computed, {}
+        for key, compute in computed.items():
+            try:
+                value = compute()
+            except Exception:
+                self.log.failure("state {key} could not be computed", key=key)
+                continue
+            self.set(key, value)
 
     def _flushed(self, result):
         self._flushing = None
@@ -192,6 +213,9 @@ class ScopedState:
     def update(self, values: dict[str, Any], deadband: float | None = None) -> None:
         for path, value in values.items():
             self._writer.set(self.prefix + path, value, deadband)
+
+    def set_computed(self, path: str, compute: Callable[[], Any]) -> None:
+        self._writer.set_computed(self.prefix + path, compute)
 
     def delete(self, path: str) -> None:
         self._writer.delete(self.prefix + path)

@@ -48,6 +48,9 @@ class RecordingState:
         for path, value in values.items():
             self.set(path, value, deadband)
 
+    def set_computed(self, path, compute):
+        self.set(path, compute())     # no ticks here: computed at once
+
     def delete(self, path):
         if path in self.values:
             del self.values[path]

@@ -1,4 +1,6 @@
 """The state writer: coalesced, deadbanded, one txn per tick, leased, never blocking."""
+import json
+
 import pytest
 from twisted.internet import task
 
@@ -174,3 +176,35 @@ def test_lost_and_resumed_writes_are_announced_on_the_event_bus(rig):
     store.available = True
     clock.advance(0.5)
     assert heard == ["lost", "ok"]
+
+
+def test_a_computed_leaf_is_computed_once_per_tick_however_often_it_changes(rig):
+    """A thousand charge points reconnecting at once: the list of connected ones is built once per flush."""
+    clock, store, writer = rig
+    connected: list[str] = []
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return sorted(connected)
+    s = writer.scope("server", "cs")
+    for i in range(1000):
+        connected.append(f"cp{i:04d}")
+        s.set_computed("connected", compute)
+    assert calls == []
+    clock.advance(0.5)
+    assert len(calls) == 1
+    assert json.loads(read(store)[f"{ROOT}/server/cs/state/connected"][0]) == sorted(connected)
+    clock.advance(0.5)
+    assert len(calls) == 1          # nothing changed since: not computed again
+
+
+def test_a_computed_leaf_deleted_before_the_tick_is_not_written(rig):
+    clock, store, writer = rig
+    s = writer.scope("server", "cs")
+    s.set_computed("connected", lambda: ["cp1"])
+    s.delete("connected")
+    writer.scope("server", "cs2").set_computed("connected", lambda: ["cp2"])
+    writer.scope("server", "cs2").clear()
+    clock.advance(0.5)
+    assert read(store) == {}

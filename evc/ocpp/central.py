@@ -44,12 +44,14 @@ from ocpp.exceptions import (
     FormatViolationError, GenericError, InternalError, NotImplementedError as OcppNotImplemented,
     NotSupportedError, OCPPError, PropertyConstraintViolationError, UnknownCallErrorCodeError,
 )
+from ocpp import messages as ocpp_messages
 from ocpp.messages import Call, CallError, CallResult, validate_payload
 from ocpp.v16 import ChargePoint as _V16ChargePoint
 from ocpp.v16 import call as v16_call
 from ocpp.v16.enums import Action
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from websockets.exceptions import ConnectionClosed
 
 from evc.ocpp.bridge import from_deferred, to_deferred
@@ -83,6 +85,12 @@ _HEAD_ID = re.compile(r'^\s*\[\s*2\s*,\s*"((?:[^"\\]|\\.){1,36})"')
 _ERROR_SPELLINGS = {"FormationViolation": "FormatViolation",
                     "OccurrenceConstraintViolation": "OccurenceConstraintViolation"}
 _KNOWN_ERROR_CODES = {cls.code for cls in OCPPError.__subclasses__()}
+
+# The library validates payloads in asyncio's thread pool by default. jsonschema is pure Python and holds the GIL,
+# so a thread gains nothing, and each CALL then costs a thread hand-off plus up to a GIL switch interval (5 ms) of
+# waiting for the reactor: under a thousand chargers' traffic that made the loop stall. Validate inline instead (this
+# is the library's own switch; it applies to its call() for EVC's CALLs too).
+ocpp_messages.ASYNC_VALIDATION = False
 
 # The library logs every frame at INFO (id tags included): EVC logs what it needs itself.
 _QUIET = logging.getLogger("evc.ocpp.library")
@@ -333,8 +341,18 @@ class CentralConnection:
             await validate_payload(msg, OCPP_VERSION)
             # Shielded: a connection that drops while a CALL is handled (a StartTransaction that allocated its id)
             # must not cut the handler off half-way; its answer is simply not sent, the charge point resends.
-            result = await asyncio.shield(from_deferred(
-                defer.maybeDeferred(self.handler.ocpp_call, action, msg.payload), self.reactor))
+            d = defer.maybeDeferred(self.handler.ocpp_call, action, msg.payload)
+            done: list = []
+            d.addBoth(lambda r: (done.append(r), r)[1])
+            if done:
+                # Answered at once (Heartbeat, MeterValues): no round of futures through the loop, which a loaded
+                # loop makes every CALL pay in latency.
+                d.addErrback(lambda f: None)
+                if isinstance(done[0], Failure):
+                    done[0].raiseException()
+                result = done[0]
+            else:
+                result = await asyncio.shield(from_deferred(d, self.reactor))
             response = msg.create_call_result(result)
             try:
                 await validate_payload(response, OCPP_VERSION)

@@ -51,6 +51,11 @@ from evc.tree import decode_leaf
 
 log = Logger(namespace="evc.server.ocpp")
 
+# Connections waiting to be accepted. A site's chargers reconnect all at once after a network blip; with the default
+# (100) a busy moment of the loop overflows the queue, the kernel drops the SYNs and each charger waits for its TCP
+# retransmission (1 s, then 3 s...) before its handshake even starts. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 2048
+
 # How often a lost transaction-id race is retried before the StartTransaction fails (and the charger resends it).
 ALLOCATE_ATTEMPTS = 20
 
@@ -192,7 +197,7 @@ class OcppServer(Instance):
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
             family, _, _, _, addr = infos[0]
-            sock = socket.create_server(addr, family=family)
+            sock = socket.create_server(addr, family=family, backlog=LISTEN_BACKLOG)
         except OSError as e:
             raise ConfigError(f"config/listen: cannot listen on {cfg.listen} ({e.strerror or e})") from None
         sock.setblocking(False)
@@ -234,7 +239,7 @@ class OcppServer(Instance):
         cfg = self.config
         return await websockets.serve(
             self._handler, sock=sock, ssl=ssl_ctx, subprotocols=[SUBPROTOCOL],
-            process_request=self._process_request,
+            process_request=self._process_request, backlog=LISTEN_BACKLOG,
             # EVC runs its own keepalive (it marks the charger alive on every pong).
             ping_interval=None, close_timeout=cfg.ping_timeout_s,
             max_size=cfg.max_frame_bytes * HARD_LIMIT_FACTOR, server_header="EVC")
@@ -368,8 +373,10 @@ class OcppServer(Instance):
                      reason=conn.close_reason)
 
     def _publish_connected(self) -> None:
+        # Computed when the state is flushed: a thousand charge points reconnecting at once sort the list once per
+        # tick, not once per connection.
         if self.running:
-            self.ctx.state.set("connected", sorted(self.connections))
+            self.ctx.state.set_computed("connected", lambda: sorted(self.connections))
 
     # --- transaction ids ---
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import deque
 import random
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
@@ -31,6 +32,10 @@ from evc.store.interface import (
 log = Logger(namespace="evc.store.etcd")
 
 # gRPC status codes that etcd puts in the "code" field of an error body.
+# Puts made while one batch is on its way go out together, in one txn (fewer than etcd's 128 operations per txn).
+PUT_BATCH_OPS = 100
+PUT_BATCH_BYTES = 512 * 1024
+
 _GRPC_DEADLINE_EXCEEDED = 4
 _GRPC_NOT_FOUND = 5
 _GRPC_FAILED_PRECONDITION = 9
@@ -275,6 +280,8 @@ class EtcdStore:
     /v3/auth/authenticate and fetched again once when etcd says it is no longer valid.
     """
 
+    max_in_flight = 8      # unary requests on the wire at once; more wait (their deadline includes the wait)
+
     def __init__(self, url: str, reactor, user: str | None = None, password: str | None = None,
                  ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None,
                  prefix: str = "/v3", timeout_s: float = 5.0, retry_initial_s: float = 0.2,
@@ -300,6 +307,13 @@ class EtcdStore:
         policy = _TLSPolicy(ca_file, cert_file, key_file) if parts.scheme == "https" else None
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool._factory = _QuietFactory
+        # A burst of requests (every charger of a site booting at once) shares a few kept-alive connections: without
+        # the bound, each request beyond the pool's idle ones opens (and resolves, in a thread) a TCP connection of
+        # its own and closes it again, and the burst stalls the reactor. Watch streams are not counted.
+        self._pool.maxPersistentPerHost = self.max_in_flight
+        self._slots = defer.DeferredSemaphore(self.max_in_flight)
+        self._puts: deque[tuple[Put, defer.Deferred]] = deque()
+        self._putting = None          # the scheduled or running batch of puts
         agent = Agent(reactor, contextFactory=policy, pool=self._pool) if policy else Agent(reactor, pool=self._pool)
         self._http = HTTPClient(agent)
         self._token: str | None = None
@@ -385,9 +399,13 @@ class EtcdStore:
         return EtcdError(f"etcd at {self.url}: {message}", code, message)
 
     async def _post_once(self, path: str, body: dict, token: str | None) -> dict:
-        resp = await self._http.post(self._base + path, data=json.dumps(body).encode(),
-                                     headers=self._headers(token))
-        raw = await treq.content(resp)
+        await self._slots.acquire()
+        try:
+            resp = await self._http.post(self._base + path, data=json.dumps(body).encode(),
+                                         headers=self._headers(token))
+            raw = await treq.content(resp)
+        finally:
+            self._slots.release()
         if resp.code != 200:
             raise self._error_from_body(resp.code, raw, path)
         # Streaming endpoints (lease/keepalive) answer one JSON object per line, inside "result";
@@ -488,10 +506,65 @@ class EtcdStore:
     def put(self, key: str, value: bytes, lease: int = 0) -> defer.Deferred:
         if not isinstance(value, bytes):
             return defer.fail(TypeError(f"the value for {key!r} must be bytes, not {type(value).__name__}"))
-        body = {"key": _b64(_key_bytes(key)), "value": _b64(value)}
-        if lease:
-            body["lease"] = str(lease)
-        return self.call("/kv/put", body).addCallback(lambda obj: _int(obj.get("header", {}), "revision"))
+        try:
+            self._check_open()
+        except StoreError as e:
+            return defer.fail(e)
+        # Puts are sent in batches, one batch (a txn) at a time, in the order they were made: a thousand chargers
+        # saving their boot data at once cost a few requests, not a thousand.
+        d = defer.Deferred()
+        self._puts.append((Put(key, value, lease), d))
+        if self._putting is None:
+            self._putting = self._reactor.callLater(0, self._send_puts)
+        return d
+
+    def _send_puts(self) -> None:
+        batch: list[tuple[Put, defer.Deferred]] = []
+        keys: set[str] = set()
+        size = 0
+        while self._puts and len(batch) < PUT_BATCH_OPS:
+            op, d = self._puts[0]
+            if op.key in keys or (batch and size + len(op.value) > PUT_BATCH_BYTES):
+                break                    # etcd refuses a txn that writes one key twice; keep big requests small
+            self._puts.popleft()
+            keys.add(op.key)
+            size += len(op.value)
+            batch.append((op, d))
+        self._putting = defer.ensureDeferred(self._send_batch(batch))
+        self._putting.addBoth(self._batch_sent)
+
+    def _batch_sent(self, _) -> None:
+        self._putting = None
+        if self._puts:
+            self._putting = self._reactor.callLater(0, self._send_puts)
+
+    async def _send_batch(self, batch: list[tuple[Put, defer.Deferred]]) -> None:
+        if len(batch) == 1:
+            results = [await self._put_one(batch[0][0])]
+        else:
+            try:
+                obj = await self.call("/kv/txn", {"success": [_request_op(op) for op, _ in batch]})
+                results = [_int(obj.get("header", {}), "revision")] * len(batch)
+            except EtcdError:
+                # One put etcd refuses (its lease expired) must not fail the others: each on its own, for its error.
+                results = [await self._put_one(op) for op, _ in batch]
+            except Exception:
+                results = [Failure()] * len(batch)
+        for (_, d), result in zip(batch, results):
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    async def _put_one(self, op: Put):
+        body = {"key": _b64(_key_bytes(op.key)), "value": _b64(op.value)}
+        if op.lease:
+            body["lease"] = str(op.lease)
+        try:
+            obj = await self.call("/kv/put", body)
+        except Exception:
+            return Failure()
+        return _int(obj.get("header", {}), "revision")
 
     def delete(self, key: str, prefix: bool = False) -> defer.Deferred:
         k = _key_bytes(key)

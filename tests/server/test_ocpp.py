@@ -312,6 +312,22 @@ async def test_concurrent_allocations_by_two_servers_on_one_counter_never_collid
     assert sorted(results) == list(range(1, 21))
 
 
+@asyncio_test
+async def test_the_listening_socket_queues_a_whole_sites_reconnect_storm(site):
+    """A site's chargers reconnect at once after a network blip: the accept queue holds well over a hundred (the
+    default), so a busy moment of the loop does not make the kernel drop SYNs (each a 1 s TCP retransmission)."""
+    import shutil
+    import subprocess
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to read the listening socket's queue length")
+    site.server()
+    await site.start()
+    port = site.instance("server", "cs").port
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    backlog = int(out.split()[2])       # State Recv-Q Send-Q ...: for a listening socket Send-Q is the backlog
+    assert backlog >= min(1024, int(open("/proc/sys/net/core/somaxconn").read()))
+
+
 # --- a charge point whose charger is in error: refused with that error in the log (real etcd) ---
 
 @pytest.fixture

@@ -48,11 +48,16 @@ class Recorder:
 class _TrackedProxyServer(portforward.ProxyServer):
     def connectionMade(self):
         self.factory.connections.add(self)
+        self.factory.accepted += 1
         super().connectionMade()
 
     def connectionLost(self, reason):
         self.factory.connections.discard(self)
         super().connectionLost(reason)
+
+    def dataReceived(self, data):
+        self.factory.requests += data.count(b"POST /")      # HTTP requests from the client (bodies are JSON)
+        super().dataReceived(data)
 
 
 class CuttableProxy:
@@ -63,6 +68,8 @@ class CuttableProxy:
         self.factory = portforward.ProxyFactory("127.0.0.1", target_port)
         self.factory.protocol = _TrackedProxyServer
         self.factory.connections = set()
+        self.factory.accepted = 0          # connections accepted since the start
+        self.factory.requests = 0          # HTTP requests forwarded since the start
         self.port = _reactor().listenTCP(0, self.factory, interface="127.0.0.1")
         self.port_number = self.port.getHost().port
 

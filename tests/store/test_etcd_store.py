@@ -4,11 +4,11 @@ import json
 import pytest
 import pytest_twisted
 from hypothesis import given, settings, strategies as st
-from twisted.internet import threads
+from twisted.internet import defer, threads
 
 from evc.errors import StoreError, StoreUnavailable
 from evc.etcdserver import free_port
-from evc.store.etcd import EtcdStore, _LineProtocol
+from evc.store.etcd import PUT_BATCH_OPS, EtcdStore, _LineProtocol
 from store_helpers import Recorder, wait_for
 
 
@@ -192,3 +192,35 @@ async def test_stop_closes_the_watch_connection_and_close_closes_the_pool(etcd_o
     await wait_for(lambda: len(proxy.factory.connections) == 1, what="the stream's connection to close")
     await store.close()
     await wait_for(lambda: len(proxy.factory.connections) == 0, what="the pool to close")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_requests_shares_a_few_kept_alive_connections(etcd_own, proxy, make_store):
+    """200 puts at once (every charger of a site booting together) open at most max_in_flight connections, go out in
+    a few requests, and all of them land; a request and a connection per put stalled the reactor."""
+    store = make_store(proxy.url)
+    n = 200
+    revisions = await defer.gatherResults([store.put(f"/evc/burst/{i:03d}", str(i).encode()) for i in range(n)])
+    assert all(r > 0 for r in revisions) and revisions == sorted(revisions)
+    assert proxy.factory.requests <= 2 + n // PUT_BATCH_OPS
+    got = await store.range("/evc/burst/", prefix=True)
+    assert [kv.value for kv in got.kvs] == [str(i).encode() for i in range(n)]
+    assert proxy.factory.accepted <= EtcdStore.max_in_flight
+    await defer.gatherResults([store.put(f"/evc/burst/{i:03d}", b"again") for i in range(n)])
+    assert proxy.factory.accepted <= EtcdStore.max_in_flight      # kept alive: the second burst opens none
+
+
+@pytest_twisted.ensureDeferred
+async def test_puts_made_together_land_in_order_and_a_refused_one_fails_alone(etcd_session, etcd_root, make_store):
+    """Batched puts keep their order (the last put of a key wins) and one that etcd refuses (a lease that does not
+    exist) fails with its own error while the puts around it land."""
+    store = make_store(etcd_session.url)
+    ds = [store.put(f"{etcd_root}/k", str(i).encode()) for i in range(30)]
+    bad = store.put(f"{etcd_root}/bad", b"x", lease=123456789)
+    ds += [store.put(f"{etcd_root}/other/{i}", b"y") for i in range(10)]
+    await defer.gatherResults(ds)
+    with pytest.raises(StoreError, match="lease"):
+        await bad
+    assert (await store.range(f"{etcd_root}/k")).kvs[0].value == b"29"
+    assert len((await store.range(f"{etcd_root}/other/", prefix=True)).kvs) == 10
+    assert (await store.range(f"{etcd_root}/bad")).kvs == ()
