@@ -140,3 +140,18 @@ async def test_installed_twistd_evc_reads_a_meter_into_etcd(installed, etcd_sess
                 proc.kill()
                 proc.wait()
         await store.close()
+
+
+def test_schema_dir_from_the_environment_must_hold_the_root_schema(monkeypatch, tmp_path):
+    from evc.schema import schema_dir
+    monkeypatch.setenv("EVC_SCHEMA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=rf"EVC_SCHEMA_DIR={tmp_path}: no etcd/root.json there"):
+        schema_dir()
+
+
+def test_schema_dir_of_a_clone_is_its_top_level_schema_folder(monkeypatch):
+    """The test venv's compat-editable install has no evc/_schema/: the clone's schema/ is the one source."""
+    from evc.schema import schema_dir
+    monkeypatch.delenv("EVC_SCHEMA_DIR", raising=False)
+    assert schema_dir() == REPO / "schema"
+    assert not (REPO / "evc" / "_schema").exists()       # no second copy in the tree
