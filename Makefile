@@ -17,7 +17,7 @@ etcd:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.cfg
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,ocpp]' --config-settings editable_mode=compat

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -12,18 +13,25 @@ from jsonschema import Draft202012Validator
 
 from evc.errors import ConfigError
 
+ROOT_SCHEMA = "etcd/root.json"
+
 
 def schema_dir() -> Path:
+    """The folder of EVC's schemas: $EVC_SCHEMA_DIR, else the copy shipped in the package (evc/_schema/, what a
+    wheel or sdist install has), else the top-level schema/ beside evc/ (a clone or an editable install)."""
     env = os.environ.get("EVC_SCHEMA_DIR")
     if env:
+        if not (Path(env) / ROOT_SCHEMA).is_file():
+            raise FileNotFoundError(f"EVC_SCHEMA_DIR={env}: no {ROOT_SCHEMA} there")
         return Path(env)
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "schema", here / "_schema"):
-        if (candidate / "etcd" / "root.json").exists():
+    # files() gives a Traversable; pip installs a wheel unpacked on disk, so it names a real folder.
+    candidates = [Path(str(importlib.resources.files("evc") / "_schema")),
+                  Path(__file__).resolve().parent.parent / "schema"]
+    for candidate in candidates:
+        if (candidate / ROOT_SCHEMA).is_file():
             return candidate
-    raise FileNotFoundError("EVC's schema/ folder was not found; set EVC_SCHEMA_DIR")
-
-
+    raise FileNotFoundError("EVC's schemas were not found (looked in " + ", ".join(map(str, candidates))
+                            + "): reinstall EVC, or set EVC_SCHEMA_DIR to a folder holding etcd/root.json")
 
 
 def property_schema(schema: dict, path: Iterable[str]) -> dict | None:
