@@ -265,7 +265,9 @@ async def test_events_stream_changes_and_a_client_that_goes_away_costs_nothing(r
                 if ch["mode"] == "ON":
                     return ch
     await wait_for(mode_on, 10, "a charger event with mode ON")
-    assert any(f.startswith(b"event: meter") for f in b"".join(got).split(b"\n\n"))
+    rig.sim.set_base_load(6, 2, 1)
+    await wait_for(lambda: any(f.startswith(b"event: meter") and b'"grid"' in f and b'"A":[6.0' in f
+                               for f in b"".join(got).split(b"\n\n")), 10, "a meter event with the new load")
     # The browser goes away mid-stream: the front forgets it, and keeps serving everyone else.
     reader.transport._producer.abortConnection()
     await done
