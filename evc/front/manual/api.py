@@ -414,8 +414,11 @@ class Api:
         if method == "DELETE":
             if not self.view.exists("token", id_tag):
                 raise ApiError(404, f"no token {id_tag!r}")
-            await self.front.ctx.store.delete(f"{self.view.root}/token/{id_tag}/", prefix=True)
-            for rel in [r for r in self.view.leaves if r.startswith(f"token/{id_tag}/")]:
+            # Its settings only: state/ is EVC's (it goes when the supervisor stops the instance).
+            base = f"{self.view.root}/token/{id_tag}"
+            await self.front.ctx.store.txn([], [Delete(f"{base}/config/", prefix=True), Delete(f"{base}/type")])
+            for rel in [r for r in self.view.leaves if r.startswith((f"token/{id_tag}/config/",
+                                                                     f"token/{id_tag}/type"))]:
                 self.view.put_local(rel, None)
             log.info("front/manual: token deleted")
             return Reply(204)
@@ -437,7 +440,7 @@ class Api:
             raise ApiError(400, str(e)) from None
         prefix = f"token/{id_tag}/config/"
         new = {prefix + k: leaf_text(v) for k, v in doc.items()}
-        ops = [Delete(f"{self.view.root}/{rel}") for rel in self.view.leaves if rel.startswith(f"token/{id_tag}/")
+        ops = [Delete(f"{self.view.root}/{rel}") for rel in self.view.leaves if rel.startswith(prefix)
                and rel not in new]
         ops += [Put(f"{self.view.root}/{rel}", text.encode("utf-8")) for rel, text in new.items()]
         if not new:

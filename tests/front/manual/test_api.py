@@ -165,13 +165,13 @@ async def test_tokens_are_written_leaf_by_leaf_and_validated(rig):
     r = await c.request("PUT", "/api/v1/tokens/04A2B3C4", {"status": "Accepted", "owner": "Bo", "chargers": ["s1"],
                                                            "expiry": "2030-01-01T00:00:00Z"})
     assert r.status == 201 and r.json["owner"] == "Bo"
-    assert await rig.keys("token/04A2B3C4/") == {
+    assert await rig.keys("token/04A2B3C4/config/") == {
         "token/04A2B3C4/config/status": "Accepted", "token/04A2B3C4/config/owner": "Bo",
         "token/04A2B3C4/config/chargers": '["s1"]', "token/04A2B3C4/config/expiry": "2030-01-01T00:00:00Z"}
     # Block it: a whole object replaces the old one (the expiry and the chargers go).
     r = await c.request("PUT", "/api/v1/tokens/04A2B3C4", {"status": "Blocked", "owner": "Bo"})
     assert r.status == 200 and r.json["status"] == "Blocked" and r.json["chargers"] == "*"
-    assert set(await rig.keys("token/04A2B3C4/")) == {"token/04A2B3C4/config/status", "token/04A2B3C4/config/owner"}
+    assert set(await rig.keys("token/04A2B3C4/config/")) == {"token/04A2B3C4/config/status", "token/04A2B3C4/config/owner"}
     await wait_for(lambda: ("token", "04A2B3C4") in rig.sup.instances
                    and rig.sup.instances[("token", "04A2B3C4")].service.config.status == "Blocked", 10,
                    "the token instance Blocked")
@@ -182,12 +182,12 @@ async def test_tokens_are_written_leaf_by_leaf_and_validated(rig):
                        ({"chargers": "s1"}, "chargers")):
         r = await c.request("PUT", "/api/v1/tokens/BAD1", body)
         assert r.status == 400 and word in r.json["error"], (body, r.json)
-    assert await rig.keys("token/BAD1/") == {}
+    assert await rig.keys("token/BAD1/config/") == {}
     for odd in ("has%20space", "a%2Fb", "x" * 21, "%E2%82%AC", "tab%09"):
         r = await c.request("PUT", f"/api/v1/tokens/{odd}", {"status": "Accepted"})
         assert r.status == 400 and "idTag" in r.json["error"], odd
     assert (await c.request("DELETE", "/api/v1/tokens/04A2B3C4")).status == 204
-    assert await rig.keys("token/04A2B3C4/") == {}
+    assert await rig.keys("token/04A2B3C4/config/") == {}
     assert (await c.get("/api/v1/tokens/04A2B3C4")).status == 404
     assert (await c.request("DELETE", "/api/v1/tokens/04A2B3C4")).status == 404
 
