@@ -26,7 +26,7 @@ def missing() -> str | None:
 
 
 def take(url: str, path: str, user: str | None = None, password: str | None = None, timeout_s: float = 30.0,
-         settle_s: float = 6.0, size=(1100, 1250)) -> None:
+         settle_s: float = 12.0, size=(1100, 1250)) -> None:
     """Open the page (logging in if asked), wait until it is live with its chargers shown, then save a PNG."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

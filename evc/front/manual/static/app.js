@@ -137,7 +137,7 @@ function renderGrid() {
     ctl.headroom_A.map(v => fmt(v, "A")).join(" · ") : "";
   if (m && m.A.some(v => v !== null)) {
     const now = Date.now();
-    if (!history.length || now - history[history.length - 1][0] > 900) history.push([now, m.A.slice()]);
+    if (!history.length || now - history[history.length - 1][0] > 400) history.push([now, m.A.slice()]);
     while (history.length && now - history[0][0] > 300000) history.shift();
   }
   drawChart(ctl.A_max || []);
@@ -147,7 +147,8 @@ function drawChart(limits) {
   const c = $("#chart"), g = c.getContext("2d"), w = c.width, h = c.height;
   g.clearRect(0, 0, w, h);
   const values = history.flatMap(x => x[1]).concat(limits).filter(v => v !== null && v !== undefined);
-  const top = Math.max(1, ...values) * 1.1, now = Date.now(), span = 300000;
+  const top = Math.max(1, ...values) * 1.15, now = Date.now();
+  const span = Math.max(60000, history.length ? now - history[0][0] : 0);   // up to the last 5 minutes
   const x = t => w - (now - t) / span * w, y = v => h - v / top * h;
   g.strokeStyle = "#b3261e"; g.setLineDash([4, 4]);
   limits.forEach(l => { if (l !== null) { g.beginPath(); g.moveTo(0, y(l)); g.lineTo(w, y(l)); g.stroke(); } });
