@@ -30,6 +30,20 @@ def browser(download_dir):
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 
 
+def select_mode(driver, mode):
+    """Choose `mode` in s1's mode menu (the card is rebuilt on every change, so find it and choose at once)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    for _ in range(20):
+        try:
+            Select(driver.find_element(By.CSS_SELECTOR, "#charger-s1 select.mode")).select_by_value(mode)
+            return
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError("s1's mode menu kept changing under the test")
+
+
 def in_thread(fn, *args):
     return threads.deferToThread(fn, *args)
 
@@ -44,7 +58,6 @@ async def test_the_page_logs_in_shows_the_site_live_and_acts(rig, tmp_path):
     driver = await in_thread(browser, tmp_path)
     try:
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import Select
         await in_thread(driver.get, rig.base + "/")
         await until(driver, "return !document.querySelector('#login').hidden", "the login form")
 
@@ -62,16 +75,22 @@ async def test_the_page_logs_in_shows_the_site_live_and_acts(rig, tmp_path):
         assert "3.0 A / 20 A" in text
 
         # Mode ON and Start: the car charges at the setpoint control gives it.
-        await in_thread(lambda: Select(driver.find_element(By.CSS_SELECTOR, "#charger-s1 select.mode")).select_by_value("ON"))
+        await in_thread(select_mode, driver, "ON")
         await until(driver, "return document.querySelector('#charger-s1 .mode-text').textContent === 'ON'", "mode ON")
-        await in_thread(lambda: driver.find_element(By.CSS_SELECTOR, "#charger-s1 button.start").click())
-        await until(driver, "return document.querySelector('#charger-s1 .status').textContent === 'charging'",
-                    "s1 charging")
+        # The mode change restarts charger s1 (it is offline for a moment, and a start then is refused): press Start
+        # as a person would, again if the first press came too early.
+        await until(driver, """
+            const card = document.querySelector('#charger-s1');
+            if (card.querySelector('.status').textContent === 'charging') return true;
+            const now = Date.now(), start = card.querySelector('button.start');
+            if (start && card.dataset.status === 'plugged' && !(window.pressed > now - 2000)) {
+                window.pressed = now; start.click(); }
+            return false;""", "s1 charging")
         await until(driver, "return parseFloat(document.querySelector('#charger-s1 .setpoint').textContent) >= 6",
                     "a setpoint of 6 A or more")
         assert await rig.get("charger/s1/config/mode") == "ON"
         # Mode OFF: the setpoint drops to 0 on the page, without a reload.
-        await in_thread(lambda: Select(driver.find_element(By.CSS_SELECTOR, "#charger-s1 select.mode")).select_by_value("OFF"))
+        await in_thread(select_mode, driver, "OFF")
         await until(driver, "return parseFloat(document.querySelector('#charger-s1 .setpoint').textContent) === 0",
                     "the setpoint at 0 A")
         assert await in_thread(driver.execute_script, "return window.noReload") == 1

@@ -139,7 +139,8 @@ class Rig:
     """The site: SimSite (EVSE s1 with its own meter m1, the grid meter, car1 plugged), EVC's supervisor on the
     real etcd, and front/local (type manual) on a free port showing charger s1."""
 
-    def __init__(self, etcd_url: str, root: str, users: bool = True, listen: str = "127.0.0.1:0"):
+    def __init__(self, etcd_url: str, root: str, users: bool = True, listen: str = "127.0.0.1:0",
+                 extra: dict | None = None):
         from twisted.internet import reactor
         self.reactor = reactor
         self.root = root
@@ -151,6 +152,7 @@ class Rig:
         self.car = self.sim.add_car("car1", evse="s1", max_current_A=32, capacity_Wh=60000, soc=0.2)
         self.users = users
         self.listen = listen
+        self.extra = extra or {}
         self.events = EventBus()
         self.state = None
         self.sup = None
@@ -195,6 +197,7 @@ class Rig:
             c["front/local/config/users/alice/password"] = hash_password(PASSWORDS["alice"], 1000)
             c["front/local/config/users/bob/password"] = hash_password(PASSWORDS["bob"], 1000)
             c["front/local/config/users/bob/role"] = "viewer"
+        c.update(self.extra)
         return c
 
     async def put(self, key: str, value: str) -> None:
@@ -227,7 +230,7 @@ class Rig:
 
     @property
     def base(self) -> str:
-        return f"http://{self.front.listening}"
+        return f"{'https' if self.front.tls else 'http'}://{self.front.listening}"
 
     def client(self) -> Client:
         return Client(self.base)

@@ -161,8 +161,10 @@ function drawChart(limits) {
 }
 
 function renderChargers() {
-  const box = $("#chargers");
-  box.replaceChildren(...site.chargers.map(card));
+  // A card whose mode menu is open (focused) is left as it is until it closes: re-rendering would close it.
+  const box = $("#chargers"), busy = document.activeElement && document.activeElement.closest(".card");
+  box.replaceChildren(...site.chargers.map(c => busy && busy.id === `charger-${c.name}` ? busy : card(c)));
+  if (busy && busy.isConnected && busy.querySelector("select")) busy.querySelector("select").focus();
 }
 
 function card(c) {
@@ -171,7 +173,7 @@ function card(c) {
   PH.forEach((p, i) => phases.append(el("span", {}, p), bar(c.current_A[i], c.setpoint_A, c.setpoint_A),
     el("span", {}, fmt(c.current_A[i], "A"))));
   const mode = el("select", { class: "mode operator", "aria-label": "mode",
-    onchange: ev => setMode(c.name, ev.target.value) },
+    onchange: ev => { ev.target.blur(); setMode(c.name, ev.target.value); } },
     ...["OFF", "ON"].concat(c.mode && !["OFF", "ON"].includes(c.mode) ? [c.mode] : [])
       .map(m => el("option", { value: m }, m)));
   mode.value = c.mode;
