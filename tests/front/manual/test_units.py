@@ -128,3 +128,108 @@ def test_the_view_follows_the_tree_and_hides_chargers_of_other_fronts():
                           Event("delete", "/evc/x/charger/s1/state/vehicle", None, 2)])
     assert changed == {("charger", "s1")}
     assert view.charger("s1")["status"] == "unknown"
+
+
+class FakeRequest:
+    """What EventHub needs of a twisted.web request: write, finish, notifyFinish, and the transport's buffer."""
+
+    def __init__(self):
+        from twisted.internet import defer
+        self.written = []
+        self.finished = False
+        self._finish = defer.Deferred()
+        self.channel = type("Channel", (), {})()
+        self.channel.transport = type("Transport", (), {"dataBuffer": b"", "_tempDataBuffer": [],
+                                                        "aborted": False})()
+        self.channel.transport.abortConnection = lambda: setattr(self.channel.transport, "aborted", True)
+
+    def write(self, data):
+        if self.finished:
+            raise RuntimeError("write after finish")
+        self.written.append(data)
+
+    def finish(self):
+        self.finished = True
+
+    def notifyFinish(self):
+        return self._finish
+
+    def gone(self):
+        self.finished = True
+        self._finish.errback(Exception("connection lost"))
+
+
+def _hub():
+    from evc.front.manual.events import EventHub
+    clock = task.Clock()
+    built = []
+
+    def build(kind, ident):
+        built.append((kind, ident))
+        return kind, {"name": ident}
+    hub = EventHub(clock, build, tick_s=0.1)
+    hub.start()
+    return clock, hub, built
+
+
+def test_changes_are_coalesced_per_tick_and_keepalives_flow():
+    from evc.front.manual.auth import Login
+    clock, hub, built = _hub()
+    r = FakeRequest()
+    hub.add(r, Login(None, "operator", "t"), b"event: site\ndata: {}\n\n")
+    for _ in range(50):
+        hub.changed({("charger", "s1")})
+    hub.changed({("meter", "grid")})
+    clock.advance(0.1)
+    assert built == [("meter", "grid"), ("charger", "s1")]           # one event per object, meters first
+    assert r.written[-1].count(b"event: ") == 2
+    clock.advance(15)
+    assert r.written[-1] == b": keepalive\n\n"
+
+
+def test_a_client_that_goes_away_or_stops_reading_is_dropped():
+    from evc.front.manual.auth import Login
+    clock, hub, _ = _hub()
+    gone, slow, fine = FakeRequest(), FakeRequest(), FakeRequest()
+    for r in (gone, slow, fine):
+        hub.add(r, Login(None, "operator", "t"), b"")
+    gone.gone()
+    assert len(hub.streams) == 2
+    slow.channel.transport.dataBuffer = b"x" * (hub.max_buffer_bytes + 1)
+    hub.changed({("charger", "s1")})
+    clock.advance(0.1)
+    assert slow.channel.transport.aborted and len(hub.streams) == 1 and hub.streams[0].request is fine
+    assert b"event: charger" in fine.written[-1]
+    hub.stop()
+    assert fine.finished and hub.streams == []
+
+
+_KEYS = st.sampled_from(["charger/s1/state/setpoint_A", "charger/s1/state/online", "charger/s1/config/mode",
+                         "charger/s1/type", "meter/grid/state/A/L1", "control/c/state/allocations/s1/reason",
+                         "charger/s1/data/sessions/current", "charger/s1/data/sessions/S1", "token/T1/config/owner",
+                         "charger/s2/state/error", "charger/s1/data/outbox/9", "junk/x/y"])
+_VALUES = st.one_of(st.none(), st.sampled_from(["16.0", "true", "false", "ON", "EVCC_manual", "S1", "{}", "[1]",
+                                                "not json", '{"state": "charging", "start_time": "x"}', ""]))
+
+
+@given(st.lists(st.tuples(_KEYS, _VALUES), max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_the_view_of_any_sequence_of_changes_is_the_view_of_its_end_and_never_crashes(changes):
+    """Puts and deletes in any order (a lease ending, a restart, garbage in a leaf): the view equals one built from
+    the final tree, and building every object works whatever the leaves hold."""
+    clock = task.Clock()
+    live = SiteView("/r", ("s1",), clock)
+    final: dict = {}
+    for i, (key, value) in enumerate(changes):
+        live.apply([Event("put" if value is not None else "delete", f"/r/{key}",
+                          value.encode() if value is not None else None, i + 1)])
+        if value is None:
+            final.pop(key, None)
+        else:
+            final[key] = value
+    fresh = SiteView("/r", ("s1",), clock)
+    fresh.apply([Event("put", f"/r/{k}", v.encode(), 1) for k, v in final.items()])
+    assert live.leaves == fresh.leaves
+    assert live.site() == fresh.site()
+    assert live.tokens() == fresh.tokens()
+    live.sessions()
