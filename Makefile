@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps etcd venv test demo bench clean
+.PHONY: deps etcd browser venv test demo bench clean
 
 deps: etcd venv
 
@@ -15,6 +15,14 @@ etcd:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq etcd-server etcd-client >/dev/null; }
 
+# Debian's chromium + chromium-driver: the page's browser tests (tests/front/manual/test_page.py) and the demo's
+# screenshot (docs/img/page.png).
+browser:
+	@command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ] || { \
+	  echo "installing Debian's chromium and chromium-driver"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py
@@ -23,11 +31,11 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q -e '.[test,ocpp]' --config-settings editable_mode=compat
 	touch $@
 
-test: deps
+test: deps browser
 	$(PY) -m pytest -q tests
 
 demo: deps
-	$(PY) -m evc.demo
+	$(PY) -m evc.demo --screenshot docs/img/page.png
 
 # The load generator and the bare central system are processes that benchmarks/ocpp_load.py starts itself.
 BENCHES := $(filter-out benchmarks/ocpp_loadgen.py benchmarks/ocpp_bare_cs.py,$(wildcard benchmarks/*.py))

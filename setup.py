@@ -12,6 +12,7 @@ SCHEMA = ["evc._schema"] + [f"evc._schema.{kind}" for kind in find_namespace_pac
 setup(
     packages=find_namespace_packages(include=["evc", "evc.*", "twisted.plugins"]) + SCHEMA,
     package_dir={"evc._schema": "schema"},
-    package_data={name: ["*.json"] for name in SCHEMA},
+    # front/manual's page and OpenAPI document are served as they are (no build step).
+    package_data={**{name: ["*.json"] for name in SCHEMA}, "evc.front.manual": ["openapi.json", "static/*"]},
     include_package_data=True,
 )

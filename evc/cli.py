@@ -749,8 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     ty = sub.add_parser("types", help="the types this EVC knows and their settings (offline)")
     ty.add_argument("--markdown", action="store_true", help="as docs/types.md")
 
-    pw = sub.add_parser("passwd", help="hash an OCPP charge point password for charger/<name>/config/password_hash "
-                                       "(offline)")
+    pw = sub.add_parser("passwd", help="hash an OCPP charge point password for charger/<name>/config/password_hash, "
+                                       "or a web page user's for front/<name>/config/users/<user>/password (offline)")
     pw.add_argument("--generate", action="store_true",
                     help="make a random 40-hex-digit password (an OCPP AuthorizationKey) and print it with its hash")
     pw.add_argument("--iterations", type=int, default=None, help="PBKDF2 iterations (default 200000)")

@@ -40,6 +40,8 @@ PORTS = {15020: "meter/m1's bus", 15021: "meter/grid's bus", 15485: "conn/s123's
 # The OCPP charger of examples/seed-site.yaml (charger/cp2 on server/cs) and the card of its token list.
 OCPP_URL = f"ws://127.0.0.1:{OCPP_PORT}/ocpp"
 CP_ID = "cp2"
+# front/local of examples/seed-site.yaml: the page and the API (front/manual's default listen).
+PAGE_URL = "http://127.0.0.1:8080/"
 DEMO_TAG = "DEMO1234"
 CHARGERS = ("s1", CP_ID)
 # The scenario's base loads (A on L1, L2, L3): the sim config's, then a rise that leaves the two cars 18 A of the
@@ -409,6 +411,8 @@ change it live (EVC applies a config change at once, restarting only what change
     {self.etcdctl("put", root + f"/charger/{CP_ID}/config/mode OFF")}      # s1 gets the whole fuse
     {self.etcdctl("put", root + "/control/master/config/A_max 25")}
 
+The site's own page (front/local, type manual): {PAGE_URL}  (no login on 127.0.0.1; docs/front-manual.md)
+
 {CP_ID} is the OCPP charger simulator (python -m evc.sim.ocpp_cp), connected to EVC's central system at
 {OCPP_URL}/{CP_ID}; a real OCPP 1.6J charger connects there the same way (docs/ocpp.md).
 
@@ -500,6 +504,8 @@ Ctrl-C stops everything.
             return v.charging("s1") and v.charging(CP_ID) and v.session_state(CP_ID) in ("authorized", "charging")
         view = self.watch(step_s + 30, shared, f"s1 and {CP_ID} both charging")
         before = {c: view.allocated_A(c) for c in CHARGERS} if view is not None and shared(view) else None
+        if self.args.screenshot:
+            self.screenshot(self.args.screenshot)
         if before:
             self.say(f"both charge: s1 {before['s1']:g} A, {CP_ID} {before[CP_ID]:g} A (its Authorize and "
                      f"StartTransaction accepted from the token list; a session in charger/{CP_ID}/data/sessions/)")
@@ -533,6 +539,19 @@ Ctrl-C stops everything.
             self.say(f"control raised s1 to {view.allocated_A('s1'):g} A and {CP_ID} to "
                      f"{view.allocated_A(CP_ID):g} A ({time.monotonic() - started:.1f} s after the fall)")
         self.say("the scenario is done; the site keeps running (try the commands above). Ctrl-C stops it.")
+
+    def screenshot(self, path: str) -> None:
+        """front/local's page in headless Chromium, as PNG (docs/img/page.png); skipped with a reason if it cannot."""
+        from evc.front.manual import screenshot
+        why = screenshot.missing()
+        if why:
+            self.say(f"no screenshot of the page: {why}")
+            return
+        try:
+            screenshot.take(PAGE_URL, path)
+            self.say(f"screenshot of the page written to {path}")
+        except Exception as e:          # the demo goes on without it
+            self.say(f"no screenshot of the page: {e}")
 
     def _shown_limit(self) -> float:
         view = self.show()
@@ -613,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-twistd", action="store_true", help="start etcd and the simulator and load the config only")
     p.add_argument("--exit-after-ready", action="store_true",
                    help="stop everything once the site is ready (meters live, s1 online, cp2 connected; for tests)")
+    p.add_argument("--screenshot", metavar="PNG",
+                   help="once both chargers charge, save a screenshot of the page (front/local) there, if chromium "
+                   "and chromium-driver are installed")
     p.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for the site to be ready")
     args = p.parse_args(argv)
 

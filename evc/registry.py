@@ -11,7 +11,7 @@ KINDS = ("charger", "meter", "conn", "control", "reader", "front", "server", "to
 # state/error as "not available yet", distinct from a typo.
 PLANNED: dict[str, set[str]] = {
     "reader": {"serial"},
-    "front": {"ocpi", "plugsurfing", "manual"},
+    "front": {"ocpi", "plugsurfing"},
 }
 
 T = TypeVar("T")
@@ -72,6 +72,7 @@ IMPLEMENTATIONS = (
     "evc.charger.ocpp",
     "evc.token.token",
     "evc.front.ocpp",
+    "evc.front.manual",
 )
 _loaded = False
 
