@@ -183,6 +183,9 @@ class OcppCharger(Instance):
     local_list_delay_s = 0.5   # token changes come in bursts (a config load): one differential update for them
     recent_starts = 16
     server_choice: "ServerChoice | None" = None     # without config/server: which server it uses, followed live
+    # The charge point reports its own meter values: fronts relay them (events ("meter_values", name)) instead of
+    # sampling EVC's view of the charger.
+    own_meter_values = True
 
     def __init__(self, ctx, config: OcppChargerConfig):
         super().__init__(ctx, config)
@@ -194,6 +197,7 @@ class OcppCharger(Instance):
         self.meter: Any = None
         self.conn: Any = None
         self.data_transfer_handlers: dict[str, Callable[[str | None, Any], Any]] = {}
+        self.upstream_meter_interval_s: int | None = None     # MeterValueSampleInterval a front's backend set
         self._unregister: Callable[[], None] | None = None
         self._unsubs: list[Callable[[], None]] = []
         self._subscribers = Subscribers(ctx.key, "status subscriber")
@@ -475,7 +479,7 @@ class OcppCharger(Instance):
             while True:
                 self._setup_again = False
                 await self._trigger_status(conn)
-                if self.config.meter_interval_s:
+                if self.config.meter_interval_s or self.upstream_meter_interval_s is not None:
                     await self._configure_meter_values(conn)
                 if self.config.local_list:
                     await self._local_list_setup(conn)
@@ -494,8 +498,10 @@ class OcppCharger(Instance):
                      error=str(e))
 
     async def _configure_meter_values(self, conn) -> None:
-        wanted = [("MeterValueSampleInterval", str(self.config.meter_interval_s)),
-                  ("MeterValuesSampledData", METER_DATA)]
+        interval = self.meter_interval_s
+        wanted = [("MeterValueSampleInterval", str(interval))]
+        if self.config.meter_interval_s:
+            wanted.append(("MeterValuesSampledData", METER_DATA))
         for key, value in wanted:
             try:
                 result = await conn.call("ChangeConfiguration", {"key": key, "value": value})
@@ -512,6 +518,47 @@ class OcppCharger(Instance):
             if status not in ("Accepted", "RebootRequired"):
                 log.warn("{charger}: the charge point answered {status} to {key}={value}", charger=self.ctx.key,
                          status=status, key=key, value=value)
+
+    @property
+    def meter_interval_s(self) -> int:
+        """The MeterValueSampleInterval the charge point is given: a backend's (through a front) over config's."""
+        if self.upstream_meter_interval_s is not None:
+            return self.upstream_meter_interval_s
+        return self.config.meter_interval_s
+
+    def set_meter_interval(self, seconds: int) -> defer.Deferred:
+        """A front's backend set MeterValueSampleInterval: it reaches the charge point now (when connected) and after
+        every connection, until EVC restarts (the front keeps the backend's value and sets it again at its start).
+        Fires with the charge point's answer (status), or "pending" when it is not connected."""
+        self.upstream_meter_interval_s = int(seconds)
+        self.ctx.state.set("meter_interval_s", self.upstream_meter_interval_s)
+        conn = self.conn
+        if conn is None or not self._ready:
+            return defer.succeed("pending")
+
+        def answered(result):
+            status = result.get("status")
+            if status not in ("Accepted", "RebootRequired"):
+                log.warn("{charger}: the charge point answered {status} to MeterValueSampleInterval={value}",
+                         charger=self.ctx.key, status=status, value=seconds)
+            return status
+
+        def failed(f):
+            log.info("{charger}: ChangeConfiguration MeterValueSampleInterval not done ({error})",
+                     charger=self.ctx.key, error=f.getErrorMessage())
+            return "failed"
+        d = conn.call("ChangeConfiguration", {"key": "MeterValueSampleInterval", "value": str(int(seconds))})
+        return d.addCallbacks(answered, failed)
+
+    def _relay(self, kind: str, tx_id: int | None, values: list) -> None:
+        """Hand the charge point's own meter values to the fronts (front/ocpp relays them to its backend): `kind`
+        "meter_values" (a MeterValues of the open transaction) or "transaction_data" (StopTransaction's)."""
+        if self.ctx.events is None or not values:
+            return
+        s = self.sessions.session
+        session = s.id if s is not None and tx_id is not None and s.transaction_id == tx_id else None
+        self.ctx.events.publish(("meter_values", self.ctx.name),
+                                {"kind": kind, "session": session, "transaction_id": tx_id, "meter_value": values})
 
     # --- smart charging ---
 
@@ -807,6 +854,7 @@ class OcppCharger(Instance):
             self._meter_values(p["transactionData"])
             for value in _energy_readings(p["transactionData"]):
                 self._tx_reading(value)
+            self._relay("transaction_data", tx_id, p["transactionData"])
         self._energy_Wh = self._tx_Wh = float(p["meterStop"])
         reason = p.get("reason") or "Local"
         self._feed_sessions()          # the final meter value, while the transaction still says a car is there
@@ -841,6 +889,10 @@ class OcppCharger(Instance):
                 since = None if given is not None else _parse_time(tx.get("timestamp"))
                 for value in _energy_readings(p["meterValue"], since):
                     self._tx_reading(value)
+                if given is not None:
+                    self._relay("meter_values", given, p["meterValue"])
+        if p.get("transactionId") is None:
+            self._relay("meter_values", None, p["meterValue"])
         self._refresh_status()
         return {}
 

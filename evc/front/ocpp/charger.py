@@ -54,6 +54,8 @@ TRIGGERABLE = ("BootNotification", "Heartbeat", "MeterValues", "StatusNotificati
 # Accepted messages whose removal from the outbox may be unwritten while the next ones go out: what a crash could
 # make EVC send a second time (see docs/front-ocpp.md, "exactly once").
 MAX_UNWRITTEN_REMOVALS = 32
+# The charge point's MeterValues relayed per session, remembered to drop one it sends again (a lost CALLRESULT).
+RELAYED_MEMORY = 64
 
 
 def ocpp_status(status: Optional[ChargerStatus], session: Optional[Session], plugged_after_end: bool,
@@ -145,6 +147,11 @@ class BridgedCharger:
         self._load_delay_s = 0.5
         self._reconciled = False
         self._reconcile_call = None
+        self.backend_interval_s: Optional[int] = None   # MeterValueSampleInterval as the backend set it (if it did)
+        self._relayed: dict[str, deque] = {}            # session id -> digests of the meter values relayed
+        self._transaction_data: dict[str, list] = {}    # session id -> the charger's StopTransaction transactionData
+        self.relayed = 0
+        self.relayed_again = 0                          # the same MeterValues sent again by the charge point: dropped
         self.ready = defer.Deferred()            # fires when the stored data is loaded and the link started
         self.attach(charger)
 
@@ -162,6 +169,8 @@ class BridgedCharger:
         if self._started:
             self._reconciled = False
             self._reconcile()
+            self._push_interval()
+            self._arm_sampler()
             self._status_changed()
 
     def detach(self) -> None:
@@ -169,6 +178,11 @@ class BridgedCharger:
             unsub()
         self._unsubs = []
         self.charger = None
+
+    @property
+    def relays_own(self) -> bool:
+        """The charger reports its own meter values (charger/ocpp): they are relayed, EVC samples nothing."""
+        return bool(getattr(self.charger, "own_meter_values", False))
 
     @property
     def tracker(self) -> Optional[SessionTracker]:
@@ -222,7 +236,9 @@ class BridgedCharger:
                 try:
                     self.keys[k] = int(kv.value)
                 except ValueError:
-                    pass
+                    continue
+                if k == "MeterValueSampleInterval":
+                    self.backend_interval_s = self.keys[k]
         if prof.kvs:
             try:
                 for item in json.loads(prof.kvs[0].value):
@@ -235,7 +251,10 @@ class BridgedCharger:
         self.link.heartbeat_s = self.keys["HeartbeatInterval"]
         if self.ctx.events is not None:
             self._unsubs_events.append(self.ctx.events.subscribe(("session", self.name), self._on_session))
+            self._unsubs_events.append(self.ctx.events.subscribe(("meter_values", self.name),
+                                                                 self._on_meter_values))
         self._reconcile()
+        self._push_interval()
         self._update_cap()
         self._arm_sampler()
         self._state_all()
@@ -424,6 +443,10 @@ class BridgedCharger:
         reason = s.reason if s.reason in REASONS else "Other"
         payload = {"meterStop": _int_Wh(s.meter_stop_Wh, s.meter_last_Wh, s.meter_start_Wh, rec.get("meter_start_Wh")),
                    "timestamp": s.stop_time or _iso_now(self.clock), "reason": reason}
+        data = self._transaction_data.pop(s.id, None)
+        if data:
+            payload["transactionData"] = data
+        self._relayed.pop(s.id, None)
         if rec.get("id_tag") and rec["id_tag"] != self.cfg.free_id_tag[:20]:
             payload["idTag"] = rec["id_tag"]
         self.outbox.append("StopTransaction", payload, s.id, queued=_iso_now(self.clock),
@@ -443,6 +466,45 @@ class BridgedCharger:
 
     # -- meter values --
 
+    def _on_meter_values(self, topic, event) -> None:
+        """The charger's own MeterValues (charger/ocpp): relayed as they came (every sampled value with its measurand,
+        phase, context, unit, format and signed data), one MeterValues upstream for each one of the charge point,
+        through the outbox in order with the transaction's messages; the backend's transactionId is set at send."""
+        if self._stopped or not isinstance(event, dict):
+            return
+        values, sid = event.get("meter_value") or [], event.get("session")
+        if event.get("kind") == "transaction_data":
+            if sid is not None and sid in self.records:
+                self._transaction_data[sid] = list(self._transaction_data.get(sid, [])) + list(values)
+            return
+        if sid is None:
+            if event.get("transaction_id") is None and self.link.accepted:
+                # Outside a transaction (clock-aligned values, a connector's own report): no transaction message,
+                # so not queued; sent as it comes when the backend is there.
+                self.link.call("MeterValues", {"connectorId": 1, "meterValue": values}).addErrback(lambda f: None)
+            return
+        rec = self.records.get(sid)
+        if rec is None or rec.get("stop_queued") or rec.get("given_up"):
+            return              # not a transaction upstream (not authorized, or ended, or its start given up)
+        digest = json.dumps(values, sort_keys=True, separators=(",", ":"))
+        seen = self._relayed.setdefault(sid, deque(maxlen=RELAYED_MEMORY))
+        if digest in seen:
+            self.relayed_again += 1
+            log.info("{charger}: the charge point sent the same MeterValues of session {id} again: relayed once",
+                     charger=self.label, id=sid)
+            return
+        seen.append(digest)
+        self.relayed += 1
+        self.outbox.append("MeterValues", {"connectorId": 1, "meterValue": values}, sid,
+                           queued=_iso_now(self.clock))
+        self._state("outbox", len(self.outbox))
+
+    def _push_interval(self) -> None:
+        """The backend's MeterValueSampleInterval reaches a charger that samples itself (charger/ocpp)."""
+        setter = getattr(self.charger, "set_meter_interval", None)
+        if self.backend_interval_s is not None and callable(setter):
+            self._quietly(setter, self.backend_interval_s)
+
     def _arm_sampler(self) -> None:
         """Schedule the next MeterValues sample of the open transaction, at its start + k x MeterValueSampleInterval
         (OCPP's sampled values count from the transaction's start; it also spreads the chargers of a site)."""
@@ -451,7 +513,7 @@ class BridgedCharger:
         self._sample_call = None
         interval = self.keys["MeterValueSampleInterval"]
         rec = self._open_transaction()
-        if interval <= 0 or self._stopped or rec is None:
+        if interval <= 0 or self._stopped or rec is None or self.relays_own:
             return                     # armed again when a transaction starts
         now = self.clock.seconds()
         try:
@@ -907,6 +969,8 @@ class BridgedCharger:
         if key == "HeartbeatInterval":
             self.link.set_heartbeat(number)
         elif key == "MeterValueSampleInterval":
+            self.backend_interval_s = number
+            self._push_interval()
             self._arm_sampler()
         return r.ChangeConfiguration(status="Accepted")
 
