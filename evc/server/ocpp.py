@@ -45,6 +45,7 @@ from evc.instance import Instance
 from evc.ocpp import cs_auth
 from evc.ocpp.bridge import to_deferred
 from evc.ocpp.central import HARD_LIMIT_FACTOR, SUBPROTOCOL, CentralConnection
+from evc.ocpp.pace import SetupPacer
 from evc.registry import SERVERS
 from evc.store.interface import Compare, Put
 from evc.tree import decode_leaf
@@ -130,6 +131,7 @@ class OcppServer(Instance):
         self._counter_rev: int | None = None        # mod revision of data/transaction_id as last written by us
         self._counter: int | None = None
         self._parked: dict[str, Any] = {}           # cp_id -> the timer that closes its parked connection
+        self.setup_pacer = SetupPacer(ctx.clock)    # the chargers' set-up CALLs after a boot (evc.ocpp.pace)
 
     # --- chargers ---
 
@@ -246,6 +248,7 @@ class OcppServer(Instance):
 
     def stopService(self):
         super().stopService()
+        self.setup_pacer.stop()
         for timer in self._parked.values():
             if timer.active():
                 timer.cancel()
