@@ -285,6 +285,8 @@ class OcppServer(Instance):
             return self._refuse(connection, http.HTTPStatus.NOT_FOUND, peer, None,
                                 f"not an OCPP endpoint: connect to {cfg.path}/<charge point id>")
         cp_id = unquote(path[len(prefix):])
+        if self.setup_pacer is not None:
+            self.setup_pacer.arrived()
         charger = self.chargers.get(cp_id)
         if charger is None:
             why, body = self._not_ours(cp_id)

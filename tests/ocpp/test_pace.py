@@ -81,3 +81,20 @@ def test_a_cancelled_wait_gives_up_its_place_and_stop_cancels_the_rest():
     pacer.stop()
     assert errors == [defer.CancelledError] * 2
     assert not clock.getDelayedCalls()
+
+
+def test_while_charge_points_arrive_set_ups_go_one_a_probe_and_fill_the_slots_once_arrivals_pause():
+    P = 1 / 16
+    clock = task.Clock()
+    pacer = SetupPacer(clock, slots=8, probe_s=P, quiet_s=0.25)
+    pacer.arrived()
+    ds = [pacer.admit() for _ in range(6)]
+    assert not any(fired(ds))                   # a storm is on: nothing at once
+    for _ in range(3):                          # arrivals go on: one a probe
+        clock.advance(P)
+        pacer.arrived()
+    assert sum(fired(ds)) == 3
+    clock.advance(0.25)                         # arrivals paused for quiet_s: the next probe fills the slots
+    clock.advance(P)
+    assert all(fired(ds)) and pacer.active == 6
+    assert pacer.admit().called                 # and a set-up after the storm goes at once
