@@ -241,6 +241,7 @@ class OcppCharger(Instance):
         # setup and local list
         self._setup_running = False
         self._setup_again = False
+        self._admission: defer.Deferred | None = None   # waiting for the server's SetupPacer
         self.local_list_supported: bool | None = None
         self._ll_max_length: int | None = None
         self._ll_chunk: int | None = None
@@ -329,6 +330,7 @@ class OcppCharger(Instance):
         # The connection stays open: the server parks it for the next instance of this charger (a config change)
         # or closes it (the charger was removed, the server stops).
         self.conn = None
+        self._withdraw_setup()
         self._fail_waiters(NotConnected(f"{self.ctx.key} stopped"))
         return self.sessions.stop()
 
@@ -396,6 +398,7 @@ class OcppCharger(Instance):
         if not self.running:
             raise RuntimeError(f"{self.ctx.key} is not running")
         now = self.ctx.clock.seconds()
+        self._withdraw_setup()
         self.conn = conn
         self._connected_s = self._seen_s = now
         self._ready = False
@@ -417,6 +420,7 @@ class OcppCharger(Instance):
         self.conn = None
         self._ready = False
         self._forget_push()
+        self._withdraw_setup()
         for name in ("boot_wait", "retry", "refresh"):
             self._cancel(name)
         if not self.running:
@@ -473,9 +477,27 @@ class OcppCharger(Instance):
         d = defer.ensureDeferred(self._setup(conn))
         d.addErrback(lambda f: log.failure("{charger}: set-up failed", f, charger=self.ctx.key))
 
+    def _withdraw_setup(self) -> None:
+        """A set-up still waiting for the server's pacer is for a connection that is gone: give up its place."""
+        if self._admission is not None:
+            self._admission.cancel()
+
     async def _setup(self, conn) -> None:
         self._setup_running = True
+        pacer = getattr(self.server, "setup_pacer", None)
+        admitted = False
         try:
+            if pacer is not None:
+                self._admission = pacer.admit()
+                try:
+                    await self._admission
+                except defer.CancelledError:
+                    return
+                finally:
+                    self._admission = None
+                admitted = True
+                if conn is not self.conn or not self.running:
+                    return
             while True:
                 self._setup_again = False
                 await self._trigger_status(conn)
@@ -487,6 +509,8 @@ class OcppCharger(Instance):
                     break
         finally:
             self._setup_running = False
+            if admitted:
+                pacer.release()
 
     async def _trigger_status(self, conn) -> None:
         # After an EVC restart the connector's state is unknown until the charge point says it.

@@ -45,6 +45,7 @@ from evc.instance import Instance
 from evc.ocpp import cs_auth
 from evc.ocpp.bridge import to_deferred
 from evc.ocpp.central import HARD_LIMIT_FACTOR, SUBPROTOCOL, CentralConnection
+from evc.ocpp.pace import SetupPacer
 from evc.registry import SERVERS
 from evc.store.interface import Compare, Put
 from evc.tree import decode_leaf
@@ -73,6 +74,7 @@ class OcppServerConfig:
     max_frame_bytes: int = 65536
     call_timeout_s: float = 30.0
     heartbeat_interval_s: int = 300
+    setup_concurrency: int = 16
 
     def __post_init__(self):
         host_port(self.listen)
@@ -86,6 +88,8 @@ class OcppServerConfig:
             raise ConfigError(f"config/{missing}: give tls_cert and tls_key together")
         if self.security_profile == 2 and self.tls_cert is None:
             raise ConfigError("config/tls_cert: security profile 2 needs TLS (tls_cert and tls_key)")
+        if self.setup_concurrency < 0:
+            raise ConfigError(f"config/setup_concurrency: {self.setup_concurrency} is below 0 (0: no pacing)")
         if self.max_frame_bytes < 1024:
             raise ConfigError(f"config/max_frame_bytes: {self.max_frame_bytes} is below 1024")
         for name in ("ping_interval_s", "ping_timeout_s", "call_timeout_s"):
@@ -130,6 +134,8 @@ class OcppServer(Instance):
         self._counter_rev: int | None = None        # mod revision of data/transaction_id as last written by us
         self._counter: int | None = None
         self._parked: dict[str, Any] = {}           # cp_id -> the timer that closes its parked connection
+        # The chargers' set-up CALLs after a boot (evc.ocpp.pace); None: not paced.
+        self.setup_pacer = SetupPacer(ctx.clock, slots=config.setup_concurrency) if config.setup_concurrency else None
 
     # --- chargers ---
 
@@ -246,6 +252,8 @@ class OcppServer(Instance):
 
     def stopService(self):
         super().stopService()
+        if self.setup_pacer is not None:
+            self.setup_pacer.stop()
         for timer in self._parked.values():
             if timer.active():
                 timer.cancel()
@@ -277,6 +285,8 @@ class OcppServer(Instance):
             return self._refuse(connection, http.HTTPStatus.NOT_FOUND, peer, None,
                                 f"not an OCPP endpoint: connect to {cfg.path}/<charge point id>")
         cp_id = unquote(path[len(prefix):])
+        if self.setup_pacer is not None:
+            self.setup_pacer.arrived()
         charger = self.chargers.get(cp_id)
         if charger is None:
             why, body = self._not_ours(cp_id)

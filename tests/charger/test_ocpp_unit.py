@@ -3,7 +3,7 @@ import json
 
 import pytest
 from ocpp.exceptions import NotSupportedError
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from cs_fakes import FakeServer, Rig, T0, token
 from evc.charger.ocpp import BASE_PROFILE_ID, CLOCK_SKEW_S, DYNAMIC_PROFILE_ID, SmartChargingRejected
@@ -480,6 +480,37 @@ def test_meter_values_are_configured_at_each_connection_when_asked():
     changes = [(p["key"], p["value"]) for p in conn.sent("ChangeConfiguration")]
     assert changes[0] == ("MeterValueSampleInterval", "15")
     assert changes[-1] == ("MeterValuesSampledData", "Energy.Active.Import.Register,Current.Import")
+
+
+def test_the_set_up_waits_for_the_servers_pacer_but_the_base_profile_does_not():
+    from evc.ocpp.pace import SetupPacer
+    server = FakeServer()
+    server.setup_pacer = SetupPacer(task.Clock(), slots=1)
+    held = server.setup_pacer.admit()               # another charger's set-up holds the one slot
+    assert held.called
+    auto = {"SetChargingProfile": ACCEPTED, "TriggerMessage": ACCEPTED, "ChangeConfiguration": ACCEPTED}
+    rig = Rig(server=server, meter_interval_s=15)
+    conn = rig.connect(auto=auto)
+    assert conn.sent("SetChargingProfile") and not conn.sent("TriggerMessage")
+    assert server.setup_pacer.waiting == 1
+    server.setup_pacer.release()
+    assert conn.sent("TriggerMessage") and conn.sent("ChangeConfiguration")
+    assert server.setup_pacer.active == 0           # released when its set-up was done
+
+
+def test_a_charge_point_that_goes_away_while_its_set_up_waits_gives_up_its_place():
+    from evc.ocpp.pace import SetupPacer
+    server = FakeServer()
+    server.setup_pacer = SetupPacer(task.Clock(), slots=1)
+    server.setup_pacer.admit()
+    rig = Rig(server=server)
+    rig.connect(auto={"SetChargingProfile": ACCEPTED, "TriggerMessage": ACCEPTED})
+    assert server.setup_pacer.waiting == 1
+    rig.disconnect()
+    assert server.setup_pacer.waiting == 0
+    conn = rig.connect(auto={"SetChargingProfile": ACCEPTED, "TriggerMessage": ACCEPTED})
+    server.setup_pacer.release()
+    assert conn.sent("TriggerMessage") and server.setup_pacer.active == 0
 
 
 # --- local list ---

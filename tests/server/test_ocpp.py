@@ -176,6 +176,8 @@ def test_server_config_errors_name_the_leaf():
         OcppServerConfig(listen="0.0.0.0:9000", security_profile=2)
     with pytest.raises(ConfigError, match="^config/tls_key: give tls_cert and tls_key together"):
         OcppServerConfig(listen="0.0.0.0:9000", tls_cert="a.pem")
+    with pytest.raises(ConfigError, match="^config/setup_concurrency: -1 is below 0"):
+        OcppServerConfig(listen="0.0.0.0:9000", setup_concurrency=-1)
     assert host_port("[::1]:9000") == ("::1", 9000) and host_port(":9000") == ("0.0.0.0", 9000)
 
 
