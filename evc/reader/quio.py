@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from evc.bus.client import IModbusBus
-from evc.bus.errors import ModbusError
+from evc.bus.errors import ModbusError, ModbusException
 from evc.conn import IBusAddresses
 from evc.errors import ConfigError
 from evc.reader.base import ReaderBase, check_reader_config
@@ -158,9 +158,14 @@ class QuioReader(ReaderBase):
         if not f.check(ModbusError):
             return f
         self._failures += 1
-        if self._failures >= OFFLINE_AFTER:
-            message = (f"the QUIO reader at address {self.config.bus_addr} on conn {self.config.conn} does not "
-                       f"answer ({f.getErrorMessage()})")
+        cfg = self.config
+        if f.check(ModbusException):
+            message = (f"config/register_base: the QUIO reader at address {cfg.bus_addr} on conn {cfg.conn} refuses "
+                       f"to read {READ_COUNT} input registers at {cfg.register_base} ({f.getErrorMessage()})")
+        else:
+            message = (f"the QUIO reader at address {cfg.bus_addr} on conn {cfg.conn} does not answer "
+                       f"({f.getErrorMessage()})")
+        if self._failures >= OFFLINE_AFTER or f.check(ModbusException):
             if message != self._trouble:
                 log.warn("{reader}: {message}", reader=self.ctx.key, message=message)
                 self._trouble = message

@@ -64,9 +64,12 @@ class Site:
         self.chargers = {n: FakeCharger(n, self.events, self.clock) for n in chargers}
         self.tokens = dict(tokens or {"CARD1": token(), "6F007B3972": token(), "1C78F2BF": token(),
                                       "BLOCKED1": token("Blocked")})
+        self.refs: dict = {}              # (kind, name) -> instance, e.g. ("conn", "c1") -> a bus
 
     def ctx(self, name="r1", reactor=None) -> Context:
         def resolve(kind, n):
+            if (kind, n) in self.refs:
+                return self.refs[(kind, n)]
             if kind == "charger" and n in self.chargers:
                 return self.chargers[n]
             raise ConfigError(f"{kind} {n!r} is not running")
