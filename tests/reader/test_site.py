@@ -92,7 +92,10 @@ async def test_the_same_card_again_stops_its_session(sites):
     site.reader._last_seen = None           # past the lock-out without waiting for it
     await site.tap()
     await site.until(lambda: site.instance("charger", "s1").sessions.last.state == "ended", "the session ended")
-    assert (await last_card(site))["answer"] == "Stopped"
+    async def stopped():
+        card = await last_card(site)
+        return card is not None and card["answer"] == "Stopped"
+    await site.until(stopped, "last_card Stopped in etcd")
 
 
 @pytest.mark.parametrize("reader_type", ["RDM6300", "PN532"])
