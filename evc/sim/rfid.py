@@ -250,3 +250,82 @@ class SimQuio(SimDevice):
         if offset < 0 or offset + count > len(regs):
             raise SimModbusError(ILLEGAL_ADDRESS)
         return regs[offset:offset + count]
+
+
+def run_command(sim, line: str) -> dict:
+    """One control line: `present UID`, `remove`, `noise HEX`, `vanish`, `reappear`, `drop`, `status`."""
+    words = line.split()
+    if not words:
+        return {"ok": True}
+    cmd, args = words[0], words[1:]
+    try:
+        if cmd == "present":
+            sim.present(args[0])
+        elif cmd == "remove":
+            sim.remove()
+        elif cmd == "status":
+            card = sim.card
+            return {"ok": True, "card": card.hex().upper() if isinstance(card, bytes) else
+                    (card[0].hex().upper() if isinstance(card, tuple) else card)}
+        elif cmd == "noise" and hasattr(sim, "noise"):
+            sim.noise(bytes.fromhex(args[0]))
+        elif cmd in ("vanish", "reappear", "drop") and hasattr(sim, "line"):
+            {"vanish": sim.line.vanish, "reappear": sim.line.reappear, "drop": sim.line.drop_tunnel}[cmd]()
+        else:
+            return {"ok": False, "error": f"unknown command {cmd!r}"}
+    except (IndexError, ValueError) as e:
+        return {"ok": False, "error": f"{line.strip()}: {e}"}
+    return {"ok": True}
+
+
+def main(argv=None) -> None:
+    """python -m evc.sim.rfid TYPE [--tcp-port P] [--tty-link PATH] [--control-port P]: one simulated reader."""
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m evc.sim.rfid", description="A simulated RFID reader.")
+    parser.add_argument("type", choices=["RDM6300", "PN532", "line", "QUIO"])
+    parser.add_argument("--tcp-port", type=int, help="serve the reader's line as a raw TCP tunnel (0 = any free)")
+    parser.add_argument("--tty-link", help="also open a pty behind this path (serial types)")
+    parser.add_argument("--unit", type=int, default=1, help="QUIO: the Modbus address (default 1)")
+    parser.add_argument("--control-port", type=int, help="also take commands on this loopback TCP port")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import asyncioreactor
+    if "twisted.internet.reactor" not in sys.modules:
+        asyncioreactor.install()
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from evc.sim.commands import CommandFactory, listen_stdin
+    from evc.sim.rs485 import SimRs485Bus
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    endpoints: dict = {"type": args.type}
+    if args.type == "QUIO":
+        sim = SimQuio(unit=args.unit)
+        bus = SimRs485Bus(reactor, [sim], name="quio")
+        endpoints["tcp"] = f"127.0.0.1:{bus.listen(args.tcp_port or 0)}"
+        if args.tty_link:
+            endpoints["tty"] = bus.open_pty(args.tty_link)
+    else:
+        sim = {"RDM6300": SimRdm6300, "PN532": SimPn532, "line": SimLineReader}[args.type](reactor)
+        if args.tcp_port is not None or not args.tty_link:
+            endpoints["tcp"] = f"127.0.0.1:{sim.line.listen(args.tcp_port or 0)}"
+        if args.tty_link:
+            endpoints["tty"] = sim.line.open_pty(args.tty_link)
+
+    def control(line: str) -> dict:
+        return run_command(sim, line)
+
+    if args.control_port is not None:
+        listener = reactor.listenTCP(args.control_port, CommandFactory(control), interface="127.0.0.1")
+        endpoints["control"] = f"127.0.0.1:{listener.getHost().port}"
+    print(json.dumps(endpoints), flush=True)
+    listen_stdin(control, sys.stdin)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
