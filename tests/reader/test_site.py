@@ -126,3 +126,18 @@ async def test_a_dropped_tunnel_reconnects(sites):
     await site.plug("s1")
     await site.tap()
     await site.until(lambda: site.session("s1").state in ("authorized", "charging"), "s1 authorized")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_naming_a_charger_that_does_not_exist_says_so_and_starts_once_it_does(sites):
+    site = sites("line")
+    await site.start()
+    port = site.card_sim.line.tcp_port
+    await site.put("reader/r9/type", "line")
+    await site.put("reader/r9/config/remote", f"127.0.0.1:{port}")
+    await site.put("reader/r9/config/charger", "s9")
+    await site.until(lambda: site.leaf_is("reader/r9/state/error", "config/charger: charger 's9' is not configured"),
+                     "the dangling reference reported")
+    await site.put("reader/r9/config/charger", "s1")
+    await site.until(lambda: site.leaf_is("reader/r9/state/link", "up"), "r9 running")
+    assert await site.get("reader/r9/state/error") is None
