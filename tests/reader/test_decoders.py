@@ -67,9 +67,9 @@ def test_rdm6300_every_good_frame_survives_any_noise_between_frames(parts, cuts)
 # -- PN532 --
 
 def test_pn532_reference_frames():
-    assert pn532.command(pn532.SAM_CONFIGURATION, pn532.SAM_NORMAL) == bytes.fromhex("0000FF05FBD414011401 0200".replace(" ", ""))
+    assert pn532.command(pn532.SAM_CONFIGURATION, pn532.SAM_NORMAL) == bytes.fromhex("0000FF05FBD4140114010200")
     assert pn532.command(pn532.GET_FIRMWARE_VERSION) == bytes.fromhex("0000FF02FED4022A00")
-    assert pn532.command(pn532.IN_LIST_PASSIVE_TARGET, pn532.POLL_106A) == bytes.fromhex("0000FF04FCD44A01 00E100".replace(" ", ""))
+    assert pn532.command(pn532.IN_LIST_PASSIVE_TARGET, pn532.POLL_106A) == bytes.fromhex("0000FF04FCD44A0100E100")
     assert pn532.command(pn532.RF_CONFIGURATION, pn532.RF_FIELD_OFF) == bytes.fromhex("0000FF04FCD4320100F900")
     assert pn532.reply(pn532.GET_FIRMWARE_VERSION, bytes.fromhex("32010607")) == bytes.fromhex(
         "0000FF06FAD50332010607E800")

@@ -1,14 +1,17 @@
 """GET /api/v1/readers on front/manual over real HTTP, on a real etcd, with a line reader on a TCP tunnel: every
 response is checked against the front's OpenAPI document (web_helpers)."""
+import json
+
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+import treq
+from twisted.internet import defer, protocol
 
 from evc.reader.link import SerialLink
 from evc.sim.rfid import SimLineReader
 from evc.testing import wait_for
 
-from web_helpers import Rig
+from web_helpers import OPENAPI, Rig
 
 
 @pytest.fixture
@@ -60,3 +63,33 @@ async def test_the_readers_list_shows_the_newest_card_and_its_answer(reader_rig)
     assert r.status == 404 and "r9" in r.json["error"]
     r = await client.get("/api/v1/readers/r2")
     assert r.status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_card_presented_is_a_reader_event_on_the_live_stream(reader_rig):
+    rig = reader_rig
+    got = []
+
+    class Body(protocol.Protocol):
+        def dataReceived(self, data):
+            got.append(data)
+
+    r = await treq.get(rig.base + "/api/v1/events", unbuffered=True, persistent=False)
+    body = Body()
+    r.deliverBody(body)
+    await wait_for(lambda: b"event: site" in b"".join(got), 10, "the site event")
+    await wait_for(lambda: rig.sup.instances[("charger", "s1")].service.sessions.session is not None, 10,
+                   "car1's session at s1")
+    rig.card_sim.present("1C78F2BF")
+
+    def answered():
+        for f in b"".join(got).split(b"\n\n"):
+            if f.startswith(b"event: reader"):
+                reader = json.loads(f.split(b"data: ", 1)[1])
+                OPENAPI.validate({"$ref": "#/components/schemas/Reader"}, reader, "a reader event")
+                if reader["last_card"] is not None:
+                    return reader
+    reader = await wait_for(answered, 10, "a reader event with the card")
+    assert reader["name"] == "r1" and reader["last_card"]["answer"] == "Accepted"
+    body.transport._producer.abortConnection()
+    await wait_for(lambda: len(rig.front.hub.streams) == 0, 10, "the stream dropped")

@@ -26,7 +26,7 @@ def test_start_up_sends_wakeup_then_sam_configuration_byte_for_byte():
     site = Site()
     reader, sim, driver = make(site)
     run(site, 0.1)
-    assert sim.line.heard.startswith(bytes.fromhex("5555000000") + bytes.fromhex("0000FF05FBD414011401 0200".replace(" ", "")))
+    assert sim.line.heard.startswith(bytes.fromhex("5555000000") + bytes.fromhex("0000FF05FBD4140114010200"))
     assert sim.commands[:4] == [pn532.SAM_CONFIGURATION, pn532.RF_CONFIGURATION, pn532.GET_FIRMWARE_VERSION,
                                 pn532.IN_LIST_PASSIVE_TARGET]
     assert sim.retries == 0x02 and sim.configured

@@ -127,6 +127,8 @@ class SiteView:
                     out.add(("session", (name, parts[4])))
         elif kind == "meter":
             out.add(("meter", name))
+        elif kind == "reader" and section in ("type", "config", "state"):
+            out.add(("reader", name))
         elif kind == "control":
             out.add(("control", name))
             if section == "state" and parts[3:4] == ["allocations"] and len(parts) > 4 and self.visible(parts[4]):
