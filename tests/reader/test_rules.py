@@ -1,6 +1,5 @@
 """The card -> charger rules (evc.reader.base) on a task.Clock: authorize the waiting charger, hold, stop, refuse,
 and one card held = one presentation, with the RDM6300 and line drivers fed by their simulators in memory."""
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from evc.reader.base import ReaderBase

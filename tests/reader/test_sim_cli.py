@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from evc.reader import rdm6300
-from evc.sim.rfid import SimLineReader, SimPn532, SimQuio, SimRdm6300, run_command
+from evc.sim.rfid import SimLineReader, SimPn532, SimRdm6300, run_command
 
 
 @pytest.mark.parametrize("cls", [SimRdm6300, SimLineReader, SimPn532])
