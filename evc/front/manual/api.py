@@ -235,6 +235,8 @@ class Api:
             return await self.chargers(request, method, path[1:])
         if path[:1] == ["tokens"]:
             return await self.tokens(request, method, path[1:])
+        if path[:1] == ["readers"]:
+            return self.readers(method, path[1:])
         if path == ["sessions"]:
             _only(method, "GET")
             return self.sessions(request)
@@ -389,6 +391,18 @@ class Api:
                                         command=what, charger=name, error=f.getErrorMessage()))
         log.info("front/manual: {command} at charger {charger}", command=what, charger=name)
         return Reply(202, {"charger": name, "command": what})
+
+    # -- readers --
+
+    def readers(self, method: str, path: list[str]) -> Reply:
+        _only(method, "GET")
+        if not path:
+            return Reply(200, [self.view.reader(n) for n in self.view.readers()])
+        if len(path) == 1 and path[0] in self.view.readers():
+            return Reply(200, self.view.reader(path[0]))
+        if len(path) == 1:
+            raise ApiError(404, f"no reader {path[0]!r} at this front")
+        raise ApiError(404, f"no API at /api/v1/readers/{'/'.join(path)}")
 
     # -- tokens --
 

@@ -1,9 +1,9 @@
 """Server-sent events for front/manual: `GET /api/v1/events` streams every change of the site as it happens.
 
 A stream starts with one `site` event (the whole site, as GET /api/v1/site), then carries `charger`, `meter`,
-`control`, `session` and `error` events whose data are the API's objects. Changes are coalesced per `tick_s`: a
-charger whose setpoint and current move together is one event. A comment line every `keepalive_s` keeps proxies
-from closing the stream and finds clients that went away; a client that goes away is dropped at once
+`control`, `session`, `reader` and `error` events whose data are the API's objects. Changes are coalesced per
+`tick_s`: a charger whose setpoint and current move together is one event. A comment line every `keepalive_s`
+keeps proxies from closing the stream and finds clients that went away; a client that goes away is dropped at once
 (request.notifyFinish), and one that stops reading is dropped once `max_buffer_bytes` wait for it.
 """
 from __future__ import annotations
@@ -103,7 +103,7 @@ class EventHub:
         pending, self._pending = self._pending, set()
         if not self.streams:
             return
-        order = {"control": 0, "meter": 1, "charger": 2, "session": 3, "error": 4}
+        order = {"control": 0, "meter": 1, "charger": 2, "session": 3, "reader": 4, "error": 5}
         data = b""
         for kind, ident in sorted(pending, key=lambda p: (order.get(p[0], 9), str(p[1]))):
             try:

@@ -167,6 +167,10 @@ class ManualFront(Instance):
             if not view.exists("meter", ident):
                 return "meter", {"name": ident, "removed": True}
             return "meter", view.meter(ident)
+        if kind == "reader":
+            if ident not in view.readers():
+                return "reader", {"name": ident, "removed": True}
+            return "reader", view.reader(ident)
         if kind == "control":
             return "control", view.control()
         if kind == "session":

@@ -127,6 +127,8 @@ class SiteView:
                     out.add(("session", (name, parts[4])))
         elif kind == "meter":
             out.add(("meter", name))
+        elif kind == "reader" and section in ("type", "config", "state"):
+            out.add(("reader", name))
         elif kind == "control":
             out.add(("control", name))
             if section == "state" and parts[3:4] == ["allocations"] and len(parts) > 4 and self.visible(parts[4]):
@@ -347,6 +349,53 @@ class SiteView:
                 "meters": [self.meter(n) for n in self.names("meter") if self.exists("meter", n)],
                 "control": self.control(),
                 "errors": self.errors()}
+
+    # -- readers --
+
+    def readers(self) -> list[str]:
+        """The readers that serve a charger this front shows (a reader for "*" serves them all)."""
+        out = []
+        for name in self.names("reader"):
+            if not self.exists("reader", name):
+                continue
+            served = self._reader_chargers(name)
+            if served == "*" or any(self.visible(c) for c in served):
+                out.append(name)
+        return out
+
+    def _reader_chargers(self, name: str) -> Any:
+        cfg = self.config("reader", name)
+        if isinstance(cfg.get("charger"), str):
+            return [cfg["charger"]]
+        chargers = cfg.get("chargers")
+        if chargers == "*":
+            return "*"
+        return [c for c in chargers if isinstance(c, str)] if isinstance(chargers, list) else []
+
+    def reader(self, name: str) -> dict:
+        """A reader: its type, the chargers it serves (those this front shows), its link, the newest card."""
+        st = lambda path: self._get("reader", name, "state", path)  # noqa: E731
+        served = self._reader_chargers(name)
+
+        def obj(text: Optional[str]) -> Optional[dict]:
+            try:
+                v = json.loads(text) if text is not None else None
+            except ValueError:
+                return None
+            return v if isinstance(v, dict) else None
+        card = obj(st("last_card"))
+        if card is not None:
+            card = {k: card.get(k) for k in ("id_tag", "time", "answer", "charger")}
+        held = obj(st("held"))
+        return {
+            "name": name,
+            "type": self.type_of("reader", name),
+            "chargers": served if served == "*" else [c for c in served if self.visible(c)],
+            "link": _text(st("link")),
+            "last_card": card,
+            "held": {"id_tag": held.get("id_tag"), "until": held.get("until")} if held else None,
+            "error": st("error"),
+        }
 
     # -- tokens --
 
