@@ -39,15 +39,14 @@ import re
 import uuid
 from typing import Any
 
-from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
+from ocpp.charge_point import remove_nones
 from ocpp.exceptions import (
     FormatViolationError, GenericError, InternalError, NotImplementedError as OcppNotImplemented,
-    NotSupportedError, OCPPError, PropertyConstraintViolationError, UnknownCallErrorCodeError,
+    NotSupportedError, OCPPError, PropertyConstraintViolationError,
 )
 from ocpp import messages as ocpp_messages
 from ocpp.messages import Call, CallError, CallResult, validate_payload
 from ocpp.v16 import ChargePoint as _V16ChargePoint
-from ocpp.v16 import call as v16_call
 from ocpp.v16.enums import Action
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -443,26 +442,42 @@ class CentralConnection:
                 fut.set_exception(NotConnected(f"{self.cp_id}: the connection ended before {action} was sent"))
 
     async def _call(self, action: str, payload: dict) -> dict:
-        request = getattr(v16_call, action)(**camel_to_snake_case(payload))
+        # The frame is built from EVC's camelCase payload as it is: the library's call() would turn it into its
+        # dataclasses and back, twice (a fifth of the loop in a reconnect storm). Both the request (EVC's own: a bug
+        # never reaches a charge point) and the reply (the charge point's) are checked against the OCPP schemas.
         uid = str(uuid.uuid4())
+        request = Call(uid, action, remove_nones(payload))
+        try:
+            await validate_payload(request, OCPP_VERSION)
+        except OCPPError as e:
+            log.error("{cp_id}: EVC's own {action} breaks the schema: {error}", cp_id=self.cp_id, action=action,
+                      error=e.description or e.details)
+            raise OcppCallError(e.code, e.description, e.details) from None
+        queue = self._lib._response_queue
+        while not queue.empty():            # a reply that came as an earlier CALL timed out
+            queue.get_nowait()
         self._lib.awaiting = uid       # calls run one at a time (_send_calls): no other call waits meanwhile
         try:
-            result = await self._lib.call(request, suppress=False, unique_id=uid)
+            await self.ws.send(request.to_json())
+            response = await asyncio.wait_for(queue.get(), self.call_timeout_s)
         except asyncio.CancelledError:
             if self.closed:
                 raise NotConnected(f"{self.cp_id}: the connection ended before the reply to {action}") from None
             raise
         except asyncio.TimeoutError:
             raise CallTimeout(f"{self.cp_id}: no reply to {action} within {self.call_timeout_s:g} s") from None
-        except OCPPError as e:
-            raise OcppCallError(e.code, e.description, e.details) from None
-        except UnknownCallErrorCodeError as e:
-            raise OcppCallError("GenericError", str(e)) from None
         except ConnectionClosed:
             raise NotConnected(f"{self.cp_id}: the connection ended while sending {action}") from None
         finally:
             self._lib.awaiting = None
-        return _plain(snake_to_camel_case(remove_nones(serialize_as_dict(result))))
+        if isinstance(response, CallError):
+            raise OcppCallError(response.error_code, response.error_description, response.error_details)
+        response.action = action
+        try:
+            await validate_payload(response, OCPP_VERSION)
+        except OCPPError as e:
+            raise OcppCallError(e.code, e.description, e.details) from None
+        return _plain(response.payload)
 
 
 def _plain(value):

@@ -276,3 +276,31 @@ async def test_a_start_transaction_cut_off_by_a_dropped_connection_completes_and
     assert reply[2]["transactionId"] == charger.tx["transaction_id"] and len(calls) == 1
     assert charger.sessions.session is not None and charger.sessions.session.authorized
     await raw2.close()
+
+
+@asyncio_test
+async def test_evcs_own_request_that_breaks_the_schema_never_reaches_the_charge_point(site, logged):
+    from evc.ocpp.central import OcppCallError
+    raw = await client(site)
+    charger = site.instance("charger", "cp1")
+    with pytest.raises(OcppCallError):
+        await wait(charger.call("ChangeConfiguration", {"key": "HeartbeatInterval", "value": 300}))   # not a string
+    assert any("EVC's own ChangeConfiguration breaks the schema" in line for line in logged)
+    d = charger.clear_cache()                  # the next CALL is the first frame the charge point sees
+    request = json.loads(await asyncio.wait_for(raw.ws.recv(), 2))
+    assert request[2] == "ClearCache"
+    await raw.send([3, request[1], {"status": "Accepted"}])
+    assert await wait(d) == {"status": "Accepted"}
+
+
+@asyncio_test
+async def test_a_reply_that_breaks_the_schema_fails_the_call_and_the_connection_lives(site):
+    from evc.ocpp.central import OcppCallError
+    raw = await client(site)
+    charger = site.instance("charger", "cp1")
+    d = charger.clear_cache()
+    request = json.loads(await asyncio.wait_for(raw.ws.recv(), 2))
+    await raw.send([3, request[1], {"status": "Perhaps"}])
+    with pytest.raises(OcppCallError):
+        await wait(d)
+    await still_usable(raw)
