@@ -11,7 +11,6 @@ KINDS = ("charger", "meter", "conn", "control", "reader", "front", "server", "to
 # state/error as "not available yet", distinct from a typo.
 PLANNED: dict[str, set[str]] = {
     "reader": {"serial"},
-    "front": {"ocpi", "plugsurfing"},
 }
 
 T = TypeVar("T")
@@ -73,6 +72,8 @@ IMPLEMENTATIONS = (
     "evc.token.token",
     "evc.front.ocpp",
     "evc.front.manual",
+    "evc.front.ocpi",
+    "evc.front.plugsurfing",
 )
 _loaded = False
 

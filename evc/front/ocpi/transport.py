@@ -252,8 +252,15 @@ class Client:
     def http(self):
         if self._http is None:
             import treq.client
-            from twisted.web.client import Agent, HTTPConnectionPool
-            pool = HTTPConnectionPool(self.reactor, persistent=False)
+            from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+            class QuietFactory(_HTTP11ClientFactory):
+                noisy = False          # no "Starting factory" line per request
+
+            class QuietPool(HTTPConnectionPool):
+                _factory = QuietFactory
+
+            pool = QuietPool(self.reactor, persistent=False)
             self._http = treq.client.HTTPClient(Agent(self.reactor, pool=pool, connectTimeout=self.timeout_s))
         return self._http
 
