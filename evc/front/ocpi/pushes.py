@@ -33,7 +33,7 @@ class Pusher:
         self.ctx = front.ctx
         self.clock = front.ctx.clock
         self.attempts = attempts
-        self.outbox = Outbox(self.ctx.store, self.ctx.data_key("queue"), self.clock, on_ready=self.pump,
+        self.outbox = Outbox(self.ctx.store, self.ctx.data_key("queue"), self.clock, on_ready=self._written,
                              retry_s=front.config.retry_min_s, retry_max_s=front.config.retry_max_s,
                              label=f"{self.ctx.key} queue", actions=METHODS)
         self.sent = 0
@@ -51,12 +51,26 @@ class Pusher:
         self._state()
         self.pump()
 
-    def stop(self) -> defer.Deferred:
+    def stop(self, flush_s: float = 5.0) -> defer.Deferred:
+        """Stop sending; what is queued but not in the store yet is written first (for at most `flush_s`: a store
+        that is down keeps it from being written, and it would be lost only then)."""
         self._running = False
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         self._retry_call = None
-        return self.outbox.stop()
+        if self.outbox.unwritten == 0:
+            return self.outbox.stop()
+        self._flushed = defer.Deferred()
+        self._flushed.addTimeout(flush_s, self.clock).addErrback(lambda f: log.warn(
+            "{front}: {n} queued pushes not written to the store before the stop", front=self.ctx.key,
+            n=self.outbox.unwritten))
+        return self._flushed.addCallback(lambda _: self.outbox.stop())
+
+    def _written(self) -> None:
+        flushed = getattr(self, "_flushed", None)
+        if flushed is not None and not flushed.called and self.outbox.unwritten == 0:
+            flushed.callback(None)
+        self.pump()
 
     def push(self, method: str, module: str, body: dict, *, path: str = "", url: str = "", what: str = "",
              also=()) -> None:

@@ -36,7 +36,7 @@ class Rig:
         doc = {"country_code": "DE", "party_id": "EVC", "public_url": f"http://127.0.0.1:{self.port}",
                "listen": f"127.0.0.1:{self.port}",
                "location": LOCATION, "versions_url": self.emsp.versions_url, "token_a": self.emsp.token_a,
-               "retry_min_s": 0.05, "retry_max_s": 0.2, "session_update_s": 5, "authorize_timeout_s": 1,
+               "retry_min_s": 0.05, "retry_max_s": 0.2, "session_update_s": 1, "authorize_timeout_s": 1,
                "request_timeout_s": 5}
         doc.update(overrides)
         return {k: v for k, v in doc.items() if v is not None}
