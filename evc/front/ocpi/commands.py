@@ -26,6 +26,8 @@ log = Logger(namespace="evc.front.ocpi")
 
 BODY = {"START_SESSION": "StartSession", "STOP_SESSION": "StopSession", "RESERVE_NOW": "ReserveNow",
         "CANCEL_RESERVATION": "CancelReservation", "UNLOCK_CONNECTOR": "UnlockConnector"}
+# How long a started session's token stays expected at the charger (the car may be plugged in after the command).
+CLAIM_S = 120.0
 RESULT_211 = {"ACCEPTED": "ACCEPTED", "REJECTED": "REJECTED", "TIMEOUT": "TIMEOUT", "EVSE_OCCUPIED": "REJECTED",
               "EVSE_INOPERATIVE": "REJECTED", "FAILED": "REJECTED", "NOT_SUPPORTED": "NOT_SUPPORTED"}
 
@@ -39,6 +41,7 @@ class Pending:
     version: str
     timer: Any = None
     done: bool = False
+    settled: bool = False
 
 
 class Commands:
@@ -92,10 +95,8 @@ class Commands:
             charger = (free or sorted(covered) or [None])[0]
             if charger is None:
                 return self._answer("REJECTED", version, "no EVSE at this location")
-        if charger in self.pending:
-            return self._answer("REJECTED", version, "a START_SESSION for this EVSE is being done")
         token = doc["token"]
-        id_tag = token["uid"][:36]
+        id_tag = token["uid"][:20]           # an OCPP idTag, as every charger type takes it
         p = Pending("START_SESSION", charger, id_tag, doc["response_url"], version)
         status = front.evse_status_of(charger)
         inst = front.charger(charger)
@@ -106,13 +107,14 @@ class Commands:
         if session is not None and session.authorized:
             self._result(p, "EVSE_OCCUPIED", f"EVSE {charger} is in use")
             return self._answer("ACCEPTED", version)
+        if charger in self.pending:
+            return self._answer("REJECTED", version, "a START_SESSION for this EVSE is being done")
         authorize = getattr(inst, "authorize", None)
         if not callable(authorize):
             return self._answer("REJECTED", version, f"EVSE {charger} cannot be started remotely")
         self.pending[charger] = p
         front.roaming_authorized(charger, id_tag, token, "COMMAND", doc.get("authorization_reference"))
         p.timer = self.ctx.clock.callLater(front.config.command_timeout_s, self._timeout, p)
-        d = defer.maybeDeferred(authorize, id_tag)
 
         def ok(_):
             self._finish(p, "ACCEPTED", "")
@@ -122,8 +124,8 @@ class Commands:
                      charger=charger, error=f.getErrorMessage())
             self._finish(p, "REJECTED", f.getErrorMessage()[:200])
 
-        # The answer goes out first; the outcome follows (a charger may answer at once, in this very call).
-        self.ctx.clock.callLater(0, lambda: d.addCallbacks(ok, failed))
+        # The answer goes out first; the charger acts after it (it may answer at once, in the very call).
+        self.ctx.clock.callLater(0, lambda: defer.maybeDeferred(authorize, id_tag).addCallbacks(ok, failed))
         log.info("{front}: START_SESSION from the eMSP at {charger}", front=self.ctx.key, charger=charger)
         return self._answer("ACCEPTED", version)
 
@@ -136,16 +138,31 @@ class Commands:
             return
         if p.timer is not None and p.timer.active():
             p.timer.cancel()
-        if self.pending.get(p.charger) is p and result != "ACCEPTED":
-            del self.pending[p.charger]
-            self.front.roaming_withdrawn(p.charger, p.id_tag)
+        p.timer = None
+        if result == "ACCEPTED" and not p.settled:
+            # The charger took the authorization; the car may come later: its token stays expected a while.
+            p.timer = self.ctx.clock.callLater(CLAIM_S, self._forget, p)
+        else:
+            self._forget(p)
         self._result(p, result, message)
 
+    def _forget(self, p: Pending) -> None:
+        if p.timer is not None and p.timer.active():
+            p.timer.cancel()
+        p.timer = None
+        if self.pending.get(p.charger) is p:
+            del self.pending[p.charger]
+            if not p.settled:
+                self.front.roaming_withdrawn(p.charger, p.id_tag)
+
     def session_settled(self, charger: str) -> None:
-        """The session the START_SESSION at `charger` asked for is authorized or ended: stop expecting its token."""
+        """The session the START_SESSION at `charger` asked for is authorized: its token is not expected any more."""
         p = self.pending.get(charger)
-        if p is not None and p.done:
-            del self.pending[charger]
+        if p is None:
+            return
+        p.settled = True
+        if p.done:
+            self._forget(p)
 
     def _result(self, p: Pending, result: str, message: str) -> None:
         p.done = True
