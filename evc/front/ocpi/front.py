@@ -49,6 +49,9 @@ log = Logger(namespace="evc.front.ocpi")
 CLAIM_WINDOW_S = 120.0
 # Charger changes are gathered this long before the Location's structure is compared and PUT again.
 LOCATION_SETTLE_S = 1.0
+# A charger instance that stopped is waited for this long before its EVSE is reported gone (a config change stops
+# and starts it again: that must not make the eMSP see it flap).
+DETACH_GRACE_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +140,8 @@ class OcpiFront(Instance):
         self.ready = defer.Deferred()
         self._unsubs: list = []
         self._charger_unsubs: dict[str, Any] = {}
+        self._gone: dict[str, Any] = {}              # charger -> the call that reports it removed
+        self.detach_grace_s = DETACH_GRACE_S
         self._location_call = None
         self._update_call = None
         self._stopped = False
@@ -203,9 +208,10 @@ class OcpiFront(Instance):
         for unsub in self._unsubs + list(self._charger_unsubs.values()):
             unsub()
         self._unsubs, self._charger_unsubs = [], {}
-        for call in (self._location_call, self._update_call):
+        for call in (self._location_call, self._update_call, *self._gone.values()):
             if call is not None and call.active():
                 call.cancel()
+        self._gone = {}
         self.registrar.stop()
         self.commands.stop()
         port, self.port = self.port, None
@@ -330,12 +336,25 @@ class OcpiFront(Instance):
             self._schedule_location()
 
     def _charger_stopped(self, name: str, svc) -> None:
-        if self.chargers.get(name) is svc:
-            self._drop_charger(name)
-            self._evse_changed(name)
-            self._schedule_location()
+        if self.chargers.get(name) is svc and not self._stopped:
+            old = self._gone.pop(name, None)
+            if old is not None and old.active():
+                old.cancel()
+            self._gone[name] = self.ctx.clock.callLater(self.detach_grace_s, self._charger_gone, name, svc)
+
+    def _charger_gone(self, name: str, svc) -> None:
+        """A charger that stopped and did not come back: its EVSE is REMOVED, and leaves the Location."""
+        self._gone.pop(name, None)
+        if self.chargers.get(name) is not svc:
+            return
+        self._drop_charger(name)
+        self._evse_changed(name, removed=True)
+        self._schedule_location(0)
 
     def _add_charger(self, name: str, inst) -> None:
+        gone = self._gone.pop(name, None)
+        if gone is not None and gone.active():
+            gone.cancel()
         self._drop_charger(name)
         if len(name) > 36:
             log.warn("{front}: charger {charger}: its name is over 36 characters, too long for an EVSE uid",
@@ -416,15 +435,24 @@ class OcpiFront(Instance):
             log.info("{front}: Location {id} queued with {n} EVSE(s)", front=self.ctx.key, id=cfg.location["id"],
                      n=len(evses))
 
-    def _evse_changed(self, name: str) -> None:
+    def _evse_changed(self, name: str, removed: bool = False) -> None:
         if self._stopped or self.pusher is None or not self.pusher.outbox.loaded:
             return
-        status = self.evse_status_of(name) if name in self.chargers else "INOPERATIVE"
+        if removed:
+            if name not in self.evse_sent:
+                return
+            status = "REMOVED"
+        elif name in self.chargers:
+            status = self.evse_status_of(name)
+        else:
+            return
         if self.location_digest is None or self.registrar.creds is None:
             return                     # the Location PUT will carry it
         if self.evse_sent.get(name) == status:
             return
         self.evse_sent[name] = status
+        if removed:
+            del self.evse_sent[name]
         cfg = self.config
         body = {"status": status, "last_updated": model.ocpi_time(self.ctx.clock.seconds())}
         record = Put(self.ctx.data_key("location"), json.dumps({"digest": self.location_digest,

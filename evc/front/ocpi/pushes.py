@@ -43,8 +43,9 @@ class Pusher:
         self._delay_s = front.config.retry_min_s
         self._running = False
 
-    async def load(self) -> int:
-        return await self.outbox.load()
+    def load(self) -> defer.Deferred:
+        """Read the stored queue; fires with the number of pushes found."""
+        return self.outbox.load()
 
     def start(self) -> None:
         self._running = True

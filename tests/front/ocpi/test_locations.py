@@ -164,3 +164,20 @@ async def test_connector_settings_override_the_defaults(rig):
     c = evse["connectors"][0]
     assert (c["standard"], c["format"], c["power_type"], c["max_amperage"]) == \
         ("IEC_62196_T2_COMBO", "CABLE", "AC_1_PHASE", 32)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_charger_does_not_flap_and_a_removed_one_is_removed(rig):
+    s1, s2 = await _site(rig)
+    rig.front.detach_grace_s = 0.3
+    events = rig.site.events
+    events.publish(("instance", "charger", "s2"), ("stopped", s2))        # a config change: stopped, started
+    s2b = await rig.site.charger("s2")
+    assert s2b is not s2
+    await rig.delivered()
+    assert _patches(rig, "s2") == [] and len(rig.emsp.requests("PUT", "/ocpi/2.2.1/locations")) == 1
+    del rig.site.chargers["s2"]
+    events.publish(("instance", "charger", "s2"), ("stopped", s2b))       # removed for good
+    await wait_for(lambda: _patches(rig, "s2") == ["REMOVED"], 5, "s2 REMOVED")
+    await wait_for(lambda: len(rig.emsp.requests("PUT", "/ocpi/2.2.1/locations")) == 2, 5, "the Location again")
+    assert [e["uid"] for e in rig.emsp.requests("PUT", "/ocpi/2.2.1/locations")[-1].body["evses"]] == ["s1"]
