@@ -199,3 +199,21 @@ async def test_a_session_and_its_cdr_in_2_1_1(etcd_session, etcd_root):
         assert cdr["total_energy"] == 4.0 and cdr["total_cost"] == 2.0 and "stop_date_time" in cdr
     finally:
         await rig.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_emsp_times_pushes_out_and_blocks_nothing_else(rig):
+    s1 = await _start(rig, request_timeout_s=1)
+    rig.emsp.mode = "slow"
+    s1.plug()                                   # an EVSE PATCH: it hangs at the eMSP
+    await wait_for(lambda: rig.emsp.slow, 5, "a push hanging at the eMSP")
+    # Meanwhile the site goes on: EVC's endpoints answer, the charger's sessions are written.
+    rig.emsp.mode = "ok"
+    code, _, _ = await rig.emsp.call_evc("GET", f"{rig.evc}/versions")
+    assert code == 200
+    s1.authorize("LOCAL")
+    assert s1.sessions.session.authorized
+    await wait_for(lambda: "no answer within 1 s" in rig.state.values.get("last_push_error", ""), 5, "the timeout")
+    await rig.delivered()
+    assert [r.body["status"] for r in rig.emsp.requests("PATCH", "/ocpi/2.2.1/locations")
+            if r.answered == 200] == ["CHARGING"]
