@@ -56,3 +56,33 @@ async def test_plugsurfing_registers_and_puts_the_location_before_any_session(ri
     await rig.registered()
     await wait_for(lambda: rig.emsp.requests("PUT", "/ocpi/2.2.1/locations"), 5, "the Location PUT")
     assert rig.emsp.requests("PUT", "/ocpi/2.2.1/locations")[0].body["evses"][0]["uid"] == "s1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_seeds_front_plugsurfing_is_reported_not_started(etcd_session, etcd_root):
+    """Under the supervisor: front/plugsurfing with only `chargers` loads; state/error says what is missing."""
+    from twisted.internet import reactor
+
+    from evc.state import StateWriter
+    from evc.store.etcd import EtcdStore
+    from evc.supervisor import Supervisor
+    store = EtcdStore(etcd_session.url, reactor)
+    await store.put(f"{etcd_root}/front/plugsurfing/type", b"plugsurfing")
+    await store.put(f"{etcd_root}/front/plugsurfing/config/chargers", b'"*"')
+    state = StateWriter(store, etcd_root, reactor, tick_s=0.05)
+    sup = Supervisor(store, etcd_root, state, reactor, reactor=reactor)
+    state.startService()
+    sup.startService()
+    try:
+        await sup.ready
+
+        async def error():
+            r = await store.range(f"{etcd_root}/front/plugsurfing/state/error")
+            return r.kvs[0].value.decode() if r.kvs else None
+
+        text = await wait_for(error, 5, "front/plugsurfing's state/error")
+        assert text.startswith("config/country_code: missing") and "docs/ocpi.md" in text
+    finally:
+        await sup.stopService()
+        await state.stopService()
+        await store.close()
