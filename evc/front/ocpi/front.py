@@ -193,6 +193,7 @@ class OcpiFront(Instance):
             self._unsubs.append(self.ctx.events.subscribe(("session",), self._on_session))
         self.registrar.start()
         self.pusher.start()
+        await self._reconcile()
         self._schedule_location()
         self._update_call = self.ctx.clock.callLater(self.config.session_update_s, self._periodic)
         if not self.ready.called:
@@ -232,6 +233,29 @@ class OcpiFront(Instance):
         if r.kvs:
             self.location_digest = json.loads(r.kvs[0].value).get("digest")
             self.evse_sent = json.loads(r.kvs[0].value).get("evses", {})
+
+    async def _reconcile(self) -> None:
+        """Roaming sessions whose CDR is not queued yet: read each from its charger's data/sessions/ (it may have
+        ended while this front was not running, e.g. during a restart of the front alone) and catch up."""
+        for sid, rec in sorted(self.roaming.items()):
+            if rec.get("cdr_queued"):
+                continue
+            key = f"{self.ctx.root}/charger/{rec['charger']}/data/sessions/{sid}"
+            try:
+                r = await self.ctx.store.range(key)
+                s = Session.from_json(r.kvs[0].value) if r.kvs else None
+            except Exception as e:
+                log.warn("{front}: session {id} not read back ({error}); its next event catches up",
+                         front=self.ctx.key, id=sid, error=str(e)[:200])
+                continue
+            if s is None or rec.get("cdr_queued"):      # (an event may have caught up during the read)
+                continue
+            self.sessions.setdefault(sid, s)
+            if not s.open:
+                log.info("{front}: session {id} ended while the front was away; completing it", front=self.ctx.key,
+                         id=sid)
+                self._push_session(rec, s)
+                self._push_cdr(rec, s)
 
     def count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1

@@ -217,3 +217,21 @@ async def test_a_slow_emsp_times_pushes_out_and_blocks_nothing_else(rig):
     await rig.delivered()
     assert [r.body["status"] for r in rig.emsp.requests("PATCH", "/ocpi/2.2.1/locations")
             if r.answered == 200] == ["CHARGING"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_that_ended_while_the_front_was_stopped_is_completed_and_billed_at_its_start(rig):
+    s1 = await _start(rig)
+    s1.plug()
+    await _roaming_card(rig, s1)
+    sid = s1.sessions.session.id
+    await rig.delivered()
+    await rig.stop_front()                      # the front alone restarts (a config change)
+    s1.charge(16.0, 2500)
+    s1.unplug()
+    await wait_for(lambda: s1.sessions._writing is None and not s1.sessions._dirty, 5, "the session stored")
+    await rig.start_front()
+    await wait_for(lambda: rig.emsp.cdr_posts, 5, "the CDR")
+    await rig.delivered()
+    assert rig.emsp.sessions[sid]["status"] == "COMPLETED" and rig.emsp.cdr_posts[0]["total_energy"] == 2.5
+    assert len(rig.emsp.cdr_posts) == 1
