@@ -230,7 +230,7 @@ class Registrar:
 
     async def _register(self) -> None:
         client, token_a = self.front.client, self.cfg.token_a
-        r = await client.request("GET", self.cfg.versions_url, token=token_a, version=self.cfg.version)
+        r = await self._get_versions(self.cfg.versions_url, token_a)
         version, details_url = pick_version(r.data, self.cfg.version)
         r = await client.request("GET", details_url, token=token_a, version=version)
         endpoints = endpoints_of(r.data, version)
@@ -256,6 +256,21 @@ class Registrar:
         log.info("{front}: registered with {emsp} ({name}), OCPI {version}", front=self.ctx.key,
                  emsp=str(creds.emsp), name=party.get("name", ""), version=version)
         self.front.registered()
+
+    async def _get_versions(self, url: str, token: str):
+        """GET the eMSP's versions list. Which token form it wants there is not known before a version is chosen:
+        first the form of the configured version, then, when that is refused, the other one."""
+        first = self.cfg.version
+        try:
+            return await self.front.client.request("GET", url, token=token, version=first)
+        except OcpiError as e:
+            if e.retry and e.kind != "status" or e.kind == "http" and e.http_code not in (401, 403):
+                raise
+            other = "2.1.1" if first != "2.1.1" else "2.2.1"
+            log.info("{front}: the versions endpoint refused the {form} token ({error}); trying the {other} form",
+                     front=self.ctx.key, form="raw" if first == "2.1.1" else "base64", error=e.message,
+                     other="base64" if other == "2.2.1" else "raw")
+            return await self.front.client.request("GET", url, token=token, version=other)
 
     async def _save(self, creds: Optional[Registered], incoming: Optional[str] = None) -> None:
         from evc.store.interface import Delete, Put

@@ -43,7 +43,7 @@ def evse_status(running: bool, status: Optional[ChargerStatus], mode: Optional[s
     return "CHARGING" if session_open else "BLOCKED"
 
 
-def connector(version: str, charger_cfg: Any, override: dict, now_s: float) -> dict:
+def connector(version: str, charger_cfg: Any, override: dict, now_s: float, tariff_id: Optional[str] = None) -> dict:
     phases = getattr(charger_cfg, "phases", 3) or 3
     power = override.get("power_type") or ("AC_3_PHASE" if phases == 3 else "AC_1_PHASE")
     amps = int(getattr(charger_cfg, "A_max", 16) or 16)
@@ -55,6 +55,11 @@ def connector(version: str, charger_cfg: Any, override: dict, now_s: float) -> d
     else:
         doc.update({"max_voltage": volts, "max_amperage": amps,
                     "max_electric_power": volts * amps * (3 if power == "AC_3_PHASE" else 1)})
+    if tariff_id:
+        if version == "2.1.1":
+            doc["tariff_id"] = tariff_id
+        else:
+            doc["tariff_ids"] = [tariff_id]
     doc["last_updated"] = ocpi_time(now_s)
     return doc
 
@@ -66,7 +71,8 @@ def evse_id(cfg, name: str) -> str:
 def evse(version: str, cfg, name: str, charger_cfg: Any, status: str, now_s: float) -> dict:
     return {"uid": name, "evse_id": evse_id(cfg, name), "status": status,
             "capabilities": ["REMOTE_START_STOP_CAPABLE", "RFID_READER"],
-            "connectors": [connector(version, charger_cfg, (cfg.connectors or {}).get(name) or {}, now_s)],
+            "connectors": [connector(version, charger_cfg, (cfg.connectors or {}).get(name) or {}, now_s,
+                                     (cfg.tariff or {}).get("id"))],
             "last_updated": ocpi_time(now_s)}
 
 
@@ -194,7 +200,10 @@ def cdr(version: str, cfg, rec: dict, s, loc_doc: dict, evse_doc: dict, now_s: f
     c = costs(cfg.tariff, kwh, hours)
     t = tariff(version, cfg, now_s)
     if version == "2.1.1":
+        # 2.1.1 names the end stop_date_time; some 2.1.1 implementations read 2.2's end_date_time: both go out
+        # (a receiver ignores what it does not know).
         doc = {"id": s.id, "start_date_time": start, "stop_date_time": ocpi_time(end_s),
+               "end_date_time": ocpi_time(end_s),
                "auth_id": rec["token"]["contract_id"],
                "auth_method": "WHITELIST" if rec["auth_method"] == "WHITELIST" else "AUTH_REQUEST",
                "location": loc_doc, "currency": currency(cfg), "charging_periods": _periods(start, kwh, hours),

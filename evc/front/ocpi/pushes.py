@@ -106,7 +106,8 @@ class Pusher:
             if base is None:
                 self._give_up(entry, f"the eMSP has no {p['module']} endpoint")
                 return
-            url = base.rstrip("/") + p["path"]
+            # Some eMSPs announce endpoints with a trailing slash and redirect a POST without it.
+            url = base.rstrip("/") + p["path"] if p["path"] else base
         self._sending = True
         d = defer.ensureDeferred(self.front.client.request(
             entry.action, url, token=creds.token_c, version=creds.version, body=p["body"],

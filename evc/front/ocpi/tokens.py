@@ -141,12 +141,15 @@ class Authorizer:
         r = await front.client.request("POST", url, token=creds.token_c, version=creds.version, body=body,
                                        from_party=front.party, to_party=creds.emsp,
                                        timeout_s=front.config.authorize_timeout_s)
-        errors = objects.errors_of("AuthorizationInfo", r.data, creds.version)
+        data = r.data
+        if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
+            data = data[0]        # some eMSPs (extrawest-ocpi) wrap the object in a list; the object is still checked
+        errors = objects.errors_of("AuthorizationInfo", data, creds.version)
         if errors:
             log.warn("{front}: the eMSP's AuthorizationInfo is not valid: {error}", front=front.ctx.key,
                      error=errors[0])
             return None
-        return r.data
+        return data
 
     def _from_stored(self, stored: dict, charger: str, method: str) -> AuthResult:
         source = self.front.ctx.key
