@@ -161,3 +161,28 @@ async def test_against_extrawest_in_2_1_1(rig, xw):
     assert errors_of("CDR", cdr, "2.1.1") == [] and cdr["total_energy"] == 6.4 and "stop_date_time" in cdr
     received = xw.lines("create", "cdrs")[0]["data"]
     assert received["total_energy"] == 6.4
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_command_result_reaches_extrawest(rig, xw):
+    """START_SESSION sent with the token B extrawest got; its CommandResult goes to extrawest's commands module."""
+    await xw.up()
+    s1 = await rig.site.charger("s1")
+    await rig.start_front(versions_url=xw.versions_url, token_a=xw.token_a)
+    creds = await rig.registered(15)
+    reg = xw.lines("registered")[0]
+    commands = creds.endpoints["commands"]          # what extrawest announced
+    s1.plug()
+    body = {"response_url": commands.rstrip("/") + "/CMD-1",
+            "token": {"country_code": "NL", "party_id": "XWE", "uid": "XWAPP1", "type": "APP_USER",
+                      "contract_id": "NL-XWE-APP1", "issuer": "extrawest", "valid": True, "whitelist": "NEVER",
+                      "last_updated": "2026-01-01T00:00:00Z"},
+            "location_id": "SITE1", "evse_uid": "s1"}
+    code, _, doc = await rig.emsp.call_evc("POST", f"{rig.evc}/2.2.1/commands/START_SESSION", body,
+                                           token=reg["credentials"]["token"])
+    assert code == 200 and doc["data"]["result"] == "ACCEPTED"
+    await wait_for(lambda: xw.lines("update", "commands"), 10, "the CommandResult at extrawest")
+    assert xw.lines("update", "commands")[0]["data"]["result"] == "ACCEPTED"
+    assert xw.lines("update", "commands")[0]["id"] == "CMD-1"
+    await wait_for(lambda: xw.lines(module="sessions"), 10, "the Session at extrawest")
+    assert s1.sessions.session.authorized and creds.token_b == reg["credentials"]["token"]
