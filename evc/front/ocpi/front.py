@@ -103,6 +103,11 @@ class OcpiFrontConfig:
             if std is not None and std not in objects.CONNECTOR_TYPES:
                 raise ConfigError(f"config/connectors/{name}/standard: {std!r} is not an OCPI connector type "
                                   "(e.g. IEC_62196_T2, IEC_62196_T2_COMBO, CHADEMO)")
+        hours = (self.location or {}).get("opening_times")
+        if hours is not None:
+            errors = objects.errors_of("Hours", hours, "2.2.1")
+            if errors:
+                raise ConfigError(f"config/location/opening_times: not an OCPI Hours object: {errors[0]}")
         for name in (self.evse_ids or {}):
             if len(name) > 36:
                 raise ConfigError(f"config/evse_ids/{name}: a charger name is an EVSE uid, at most 36 characters")

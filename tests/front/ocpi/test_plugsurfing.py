@@ -42,6 +42,9 @@ def test_a_front_without_its_party_or_location_names_the_missing_leaf(missing):
     ({"token_a": "abc"}, "config/versions_url"), ({"versions_url": "https://x/versions"}, "config/token_a"),
     ({"connectors": {"s1": {"standard": "SCHUKO"}}}, "config/connectors/s1/standard"),
     ({"version": "2.0"}, "config/version"), ({"incoming_token_a": "short"}, "config/incoming_token_a"),
+    ({"location": {**LOCATION, "opening_times": {"regular_hours": [{"weekday": 8, "period_begin": "08:00",
+                                                                    "period_end": "18:00"}]}}},
+     "config/location/opening_times"),
 ])
 def test_bad_settings_are_refused_naming_the_leaf(doc, leaf):
     with pytest.raises(ConfigError, match=leaf):
