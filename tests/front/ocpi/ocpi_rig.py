@@ -76,7 +76,8 @@ class Rig:
 
     async def delivered(self, timeout_s=10):
         await wait_for(lambda: self.front.pusher is not None and len(self.front.pusher) == 0
-                       and not self.front.pusher._sending, timeout_s, "the queue empty")
+                       and not self.front.pusher._sending and self.front.pusher.outbox.unwritten == 0, timeout_s,
+                       "the queue empty, in the store too")
 
     async def stop(self):
         for name in list(self.site.fronts):
