@@ -235,3 +235,17 @@ async def test_a_session_that_ended_while_the_front_was_stopped_is_completed_and
     await rig.delivered()
     assert rig.emsp.sessions[sid]["status"] == "COMPLETED" and rig.emsp.cdr_posts[0]["total_energy"] == 2.5
     assert len(rig.emsp.cdr_posts) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_tariff_is_served_and_valid(rig):
+    await _start(rig, tariff={"price_per_kWh": 0.39, "price_per_hour": 1.2, "vat_percent": 19})
+    code, hdrs, doc = await rig.emsp.call_evc("GET", f"{rig.evc}/2.2.1/tariffs")
+    assert code == 200 and hdrs["x-total-count"] == "1"
+    tariff = doc["data"][0]
+    assert errors_of("Tariff", tariff, "2.2.1") == []
+    assert [(c["type"], c["price"], c["vat"]) for c in tariff["elements"][0]["price_components"]] == [
+        ("ENERGY", 0.39, 19.0), ("TIME", 1.2, 19.0)]
+    await wait_for(lambda: rig.emsp.requests("PUT", "/ocpi/2.2.1/locations"), 5, "the Location PUT")
+    loc = rig.emsp.requests("PUT", "/ocpi/2.2.1/locations")[0].body
+    assert loc["evses"][0]["connectors"][0]["tariff_ids"] == ["default"]
