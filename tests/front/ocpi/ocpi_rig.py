@@ -74,6 +74,11 @@ class Rig:
         r = await self.store.range(f"{self.root}/front/roaming/data/{prefix}", prefix=True)
         return [kv.key for kv in r.kvs]
 
+    async def located(self, timeout_s=10):
+        """The Location PUT has reached the eMSP (it is queued a moment after the registration)."""
+        await wait_for(lambda: any("/locations/" in r.path for r in self.emsp.requests("PUT")), timeout_s,
+                       "the Location PUT")
+
     async def delivered(self, timeout_s=10):
         await wait_for(lambda: self.front.pusher is not None and len(self.front.pusher) == 0
                        and not self.front.pusher._sending and self.front.pusher.outbox.unwritten == 0, timeout_s,

@@ -23,6 +23,7 @@ async def _start(rig, **kw):
     s2 = await rig.site.charger("s2")
     await rig.start_front(**kw)
     await rig.registered()
+    await rig.located()
     await rig.delivered()
     return s1, s2
 

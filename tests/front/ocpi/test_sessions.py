@@ -24,6 +24,7 @@ async def _start(rig, **kw):
     s1 = await rig.site.charger("s1", meter_Wh=10000.0)
     await rig.start_front(**kw)
     await rig.registered()
+    await rig.located()
     await rig.delivered()
     return s1
 
