@@ -12,7 +12,6 @@ KINDS = ("charger", "meter", "conn", "control", "reader", "front", "server", "to
 # serial reader: the message lists the real types (RDM6300, PN532, line, QUIO) to pick from.
 PLANNED: dict[str, set[str]] = {
     "reader": {"serial"},
-    "front": {"ocpi", "plugsurfing"},
 }
 
 T = TypeVar("T")
@@ -78,6 +77,8 @@ IMPLEMENTATIONS = (
     "evc.reader.pn532",
     "evc.reader.line",
     "evc.reader.quio",
+    "evc.front.ocpi",
+    "evc.front.plugsurfing",
 )
 _loaded = False
 

@@ -195,10 +195,10 @@ def test_token_needs_no_type(tmp_path, catalog):
 
 
 def test_planned_type_is_a_warning_not_an_error(tmp_path, catalog):
-    path = write(tmp_path, GOOD + "front:\n  roaming:\n    type: plugsurfing\n    config:\n      chargers: '*'\n")
+    path = write(tmp_path, GOOD + "reader:\n  r9:\n    type: serial\n    config:\n      charger: s1\n")
     code, out, err = validate(catalog, path)
     assert code == 0
-    assert "warning:" in err and "front/roaming/type: front type 'plugsurfing' is not available yet" in err
+    assert "warning:" in err and "reader/r9/type: reader type 'serial' is not available yet" in err
     assert "1 warning" in out
 
 

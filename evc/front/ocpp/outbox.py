@@ -156,8 +156,10 @@ class Outbox:
     """
 
     def __init__(self, store, prefix: str, clock: IReactorTime, *, on_ready: Callable[[], None] = lambda: None,
-                 writer: Writer | None = None, retry_s: float = 0.5, retry_max_s: float = 30.0, label: str = ""):
+                 writer: Writer | None = None, retry_s: float = 0.5, retry_max_s: float = 30.0, label: str = "",
+                 actions: Sequence[str] = ACTIONS):
         self.store = store
+        self.actions = tuple(actions)      # what may be queued (front/ocpi queues its HTTP pushes here too)
         self.prefix = prefix.rstrip("/")
         self.clock = clock
         self.on_ready = on_ready
@@ -189,8 +191,8 @@ class Outbox:
                 try:
                     seq = int(tail)
                     doc = json.loads(kv.value)
-                    if doc["action"] not in ACTIONS or not isinstance(doc["payload"], dict):
-                        raise ValueError(f"action {doc.get('action')!r} is not a transaction message")
+                    if doc["action"] not in self.actions or not isinstance(doc["payload"], dict):
+                        raise ValueError(f"action {doc.get('action')!r} is not one of {', '.join(self.actions)}")
                     entry = Entry(seq, doc["action"], doc["payload"], doc.get("session"), doc.get("queued"),
                                   persisted=True)
                 except (ValueError, KeyError, TypeError) as e:
@@ -218,8 +220,9 @@ class Outbox:
         becomes sendable (head()) once written."""
         if not self.loaded:
             raise RuntimeError(f"{self.label}: append() before load() finished would reuse a stored number")
-        if action not in ACTIONS:
-            raise ValueError(f"{action} is not a transaction message ({', '.join(ACTIONS)})")
+        if action not in self.actions:
+            what = "a transaction message" if self.actions == ACTIONS else "a message of this queue"
+            raise ValueError(f"{action} is not {what} ({', '.join(self.actions)})")
         entry = Entry(self.next_seq, action, payload, session, queued, queued_s=self.clock.seconds())
         self.next_seq += 1
         self.entries.append(entry)

@@ -1,0 +1,31 @@
+"""Fixtures of front/ocpi's tests: this folder's helper modules importable by name, every log event of a failed
+test printed with its report."""
+import os
+import sys
+
+import pytest
+from twisted.logger import formatEvent, globalLogPublisher
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture(autouse=True)
+def log_events(request):
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for e in seen[-200:]:
+            text = formatEvent(e)
+            if e.get("log_failure") is not None:
+                text += "\n" + e["log_failure"].getTraceback()
+            print(f"[{e.get('log_namespace')}] {text}")
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
