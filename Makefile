@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps etcd browser venv test demo bench clean
+.PHONY: deps etcd browser emsp venv test demo bench clean
 
 deps: etcd venv
 
@@ -23,6 +23,17 @@ browser:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# extrawest-ocpi, an eMSP that is not EVC's code (tests/front/ocpi/test_extrawest.py), pins pydantic 1: a venv of its own.
+EMSP_VENV ?= .emsp-venv
+EMSP_PACKAGES := extrawest-ocpi==2025.7.16 uvicorn
+
+emsp: $(EMSP_VENV)/.installed
+
+$(EMSP_VENV)/.installed:
+	$(PYTHON) -m venv $(EMSP_VENV)
+	$(EMSP_VENV)/bin/python -m pip install -q $(EMSP_PACKAGES)
+	echo "$(EMSP_PACKAGES)" > $@
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py
@@ -31,8 +42,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q -e '.[test,ocpp]' --config-settings editable_mode=compat
 	touch $@
 
-test: deps browser
-	$(PY) -m pytest -q tests
+test: deps browser emsp
+	EVC_EMSP_VENV=$(abspath $(EMSP_VENV)) $(PY) -m pytest -q tests
 
 demo: deps
 	$(PY) -m evc.demo --screenshot docs/img/page.png
@@ -45,4 +56,4 @@ bench: deps
 	@for b in $(BENCHES); do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .demo
+	rm -rf $(VENV) $(EMSP_VENV) build *.egg-info .demo

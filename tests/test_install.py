@@ -22,7 +22,7 @@ from evc.testing import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 # What a checkout has beside the sources; none of it may reach the package.
-NOT_SOURCES = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
+NOT_SOURCES = shutil.ignore_patterns(".venv", ".emsp-venv", ".git", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
                                      ".hypothesis", ".pytest_cache", ".demo", "_trial_temp", "dropin.cache",
                                      "twistd.pid", "twistd.log")
 SCHEMAS = sorted(p.relative_to(REPO / "schema").as_posix() for p in (REPO / "schema").glob("*/*.json"))
