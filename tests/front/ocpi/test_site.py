@@ -18,8 +18,7 @@ from test_tokens import token
 from web_helpers import Rig as SiteRig
 
 
-@pytest.fixture
-def site(etcd_session, etcd_root):
+def _site(etcd_session, etcd_root, reader_port=None):
     from twisted.internet import reactor
     emsp = FakeEmsp(reactor).start()
     port = free_port()
@@ -44,13 +43,39 @@ def site(etcd_session, etcd_root):
         "front/roaming/config/retry_min_s": "0.1",
         "front/roaming/config/retry_max_s": "0.5",
     }
+    if reader_port is not None:
+        # A line reader (a USB-serial RFID reader) behind a serial-over-TCP tunnel, serving s1.
+        leaves.update({"reader/r1/type": "line", "reader/r1/config/remote": f"127.0.0.1:{reader_port}",
+                       "reader/r1/config/charger": "s1"})
     rig = SiteRig(etcd_session.url, etcd_root, extra=leaves)
     rig.emsp = emsp
     rig.evc = f"http://127.0.0.1:{port}/ocpi"
     pytest_twisted.blockon(defer.ensureDeferred(rig.start()))
-    yield rig
+    return rig
+
+
+def _down(rig):
     pytest_twisted.blockon(defer.ensureDeferred(rig.stop()))
-    pytest_twisted.blockon(defer.ensureDeferred(emsp.stop()))
+    pytest_twisted.blockon(defer.ensureDeferred(rig.emsp.stop()))
+
+
+@pytest.fixture
+def site(etcd_session, etcd_root):
+    rig = _site(etcd_session, etcd_root)
+    yield rig
+    _down(rig)
+
+
+@pytest.fixture
+def reader_site(etcd_session, etcd_root):
+    from twisted.internet import reactor
+    from evc.sim.rfid import SimLineReader
+    card = SimLineReader(reactor)
+    rig = _site(etcd_session, etcd_root, reader_port=card.line.listen(0))
+    rig.card = card
+    yield rig
+    _down(rig)
+    card.close()
 
 
 def _front(rig):
@@ -113,3 +138,37 @@ async def test_a_roaming_driver_starts_charges_and_is_billed_end_to_end(site):
     state = await site.keys("front/roaming/state/")
     creds = _front(site).registrar.creds
     assert not any(creds.token_c in v or creds.token_b in v for v in state.values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_roaming_card_at_a_reader_is_authorized_by_the_emsp_charges_and_is_billed(reader_site):
+    site, emsp = reader_site, reader_site.emsp
+    await wait_for(lambda: emsp.requests("PUT", "/ocpi/2.2.1/locations/DE/EVC/SITE1"), 15, "the Location")
+
+    async def reader_up():
+        return await site.get("reader/r1/state/link") == "up"
+    await wait_for(reader_up, 10, "reader/r1 connected to its tunnel")
+    # A card the site's token list does not know: the eMSP answers in real time.
+    emsp.authorize_answers["04A1B2C3DD"] = {"allowed": "ALLOWED", "token": token("04A1B2C3DD"),
+                                            "authorization_reference": "AUTH-77"}
+    site.card.present("04A1B2C3DD")
+
+    async def answered():
+        raw = await site.get("reader/r1/state/last_card")
+        return json.loads(raw) if raw else None
+    last = await wait_for(answered, 10, "the reader's answer")
+    assert last["answer"] == "Accepted" and last["charger"] == "s1"
+    assert emsp.requests("POST", "/ocpi/2.2.1/tokens/04A1B2C3DD/authorize")
+
+    def charging_session():
+        s = [v for v in emsp.sessions.values() if v.get("kwh", 0) > 0]
+        return s[0] if s else None
+    session = await wait_for(charging_session, 30, "a Session with energy from the charger's meter")
+    assert session["auth_method"] == "AUTH_REQUEST" and session["authorization_reference"] == "AUTH-77"
+    assert session["cdr_token"]["uid"] == "04A1B2C3DD" and errors_of("Session", session, "2.2.1") == []
+    site.sim.unplug("car1")
+    await wait_for(lambda: emsp.cdr_posts, 20, "the CDR")
+    cdr = emsp.cdr_posts[0]
+    raw = await site.get(f"charger/s1/data/sessions/{session['id']}")
+    assert cdr["id"] == session["id"] and cdr["total_energy"] == round(json.loads(raw)["energy_Wh"] / 1000, 3) > 0
+    assert errors_of("CDR", cdr, "2.2.1") == [] and len(emsp.cdr_posts) == 1
