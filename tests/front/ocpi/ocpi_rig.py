@@ -13,7 +13,7 @@ from evc.store.etcd import EtcdStore
 from evc.testing import RecordingState, wait_for
 from front_helpers import Site
 
-from emsp import FakeEmsp
+from evc.sim.emsp import FakeEmsp
 
 CATALOG = Catalog()
 LOCATION = {"id": "SITE1", "name": "Test site", "address": "Main St 1", "city": "Berlin", "postal_code": "10115",

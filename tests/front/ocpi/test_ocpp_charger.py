@@ -10,7 +10,7 @@ from ocpp.v16 import call
 from twisted.internet import defer
 
 from cs_rig import Site as CsSite, asyncio_test, close_cp, connect_cp, until, wait
-from emsp import FakeEmsp
+from evc.sim.emsp import FakeEmsp
 from evc.etcdserver import free_port
 from evc.front.ocpi.objects import errors_of
 from evc.ocpp.bridge import to_deferred

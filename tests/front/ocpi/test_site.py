@@ -13,7 +13,7 @@ from twisted.internet import defer
 from evc.etcdserver import free_port
 from evc.front.ocpi.objects import errors_of
 from evc.testing import wait_for
-from emsp import FakeEmsp
+from evc.sim.emsp import FakeEmsp
 from test_tokens import token
 from web_helpers import Rig as SiteRig
 

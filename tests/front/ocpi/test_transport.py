@@ -11,7 +11,7 @@ from twisted.internet import defer, task
 from evc.front.ocpi.transport import (BadRequest, Client, OcpiError, Page, Party, envelope, next_link, paginate,
                                       parse_page, parse_time, request_headers, token_header, tokens_in)
 
-from emsp import FakeEmsp
+from evc.sim.emsp import FakeEmsp
 
 
 def test_envelope_has_status_message_and_timestamp():

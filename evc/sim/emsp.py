@@ -1,14 +1,21 @@
-"""A fake eMSP for front/ocpi's tests: an independent twisted.web server on a real loopback port.
+"""A simulated eMSP (OCPI 2.2.1 and 2.1.1) for front/ocpi's tests and the demo: a twisted.web server on loopback.
 
-It is not EVC's code: it keeps its own credentials, answers the credentials handshake (calling EVC back with token
-B, as an eMSP does), stores what EVC pushes (locations, sessions, CDRs, command results), answers real-time
-authorization from a table the test fills, and can be made to fail (down: 503, garbage, slow: never answers).
-Every request is recorded with its headers and body.
+It shares no code with front/ocpi: it keeps its own credentials, answers the credentials handshake (calling EVC back
+with token B, as an eMSP does), stores what EVC pushes (locations, sessions, CDRs, command results), answers real-time
+authorization from a table (`authorize_answers`, or `--allow UID` on the command line), and can be made to fail
+(down: 503, garbage, slow: never answers). Every request is recorded with its headers and body.
+
+    python -m evc.sim.emsp --port 19100 --token-a DEMO-TOKEN-A --allow 04A1B2C3DD
+
+prints "PORT <n>" once listening, then one JSON line per object EVC pushes ({"event": "location" | "session" |
+"cdr" | "authorize", ...}), so a demo can show what the eMSP sees.
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import dataclasses
+import sys
 import json
 import secrets
 from datetime import datetime, timezone
@@ -73,14 +80,19 @@ class FakeEmsp(resource.Resource):
         self.slow: list = []
         self.port = None
         self.callback_ok = True
+        self.on_event = None                           # (kind, object) -> None: what EVC pushed (the demo prints it)
 
     # -- lifecycle --
 
-    def start(self):
+    def start(self, port: int = 0):
         site = server.Site(self)
         site.noisy = False
-        self.port = self.reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.port = self.reactor.listenTCP(port, site, interface="127.0.0.1")
         return self
+
+    def _emit(self, kind: str, doc) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, doc)
 
     async def stop(self):
         for req in self.slow:
@@ -193,6 +205,7 @@ class FakeEmsp(resource.Resource):
                         self.locations[f"{key}/{evse['uid']}"] = evse
             else:
                 self.locations.setdefault(key, {}).update(body)
+            self._emit("location", {"method": method, "path": key, "object": body})
             return 200, self.envelope(), {}
         if module == "sessions" and method in ("PUT", "PATCH"):
             sid = rest[-1]
@@ -202,14 +215,17 @@ class FakeEmsp(resource.Resource):
                 return 404, self.envelope(code=2001, msg="unknown session"), {}
             else:
                 self.sessions[sid].update(body)
+            self._emit("session", {"method": method, "object": self.sessions[sid]})
             return 200, self.envelope(), {}
         if module == "cdrs" and method == "POST":
             self.cdr_posts.append(body)
             self.cdrs[body["id"]] = body
+            self._emit("cdr", {"object": body})
             return 200, self.envelope(), {"Location": f"{self.base}/{version}/cdrs/{body['id']}"}
         if module == "tokens" and method == "POST" and rest[-1] == "authorize":
             uid = rest[1]
             answer = self.authorize_answers.get(uid)
+            self._emit("authorize", {"uid": uid, "answer": answer if isinstance(answer, dict) else None})
             if answer is None:
                 return 404, self.envelope(code=2004, msg="unknown token"), {}
             if isinstance(answer, int):
@@ -285,3 +301,34 @@ class FakeEmsp(resource.Resource):
         except ValueError:
             doc = content
         return r.code, hdrs, doc
+
+
+def allowed_token(uid: str) -> dict:
+    """An AuthorizationInfo allowing card `uid` (an RFID card of this eMSP)."""
+    token = {"country_code": COUNTRY, "party_id": PARTY, "uid": uid, "type": "RFID",
+             "contract_id": f"{COUNTRY}-{PARTY}-C{uid[:8]}", "issuer": "Simulated eMSP", "valid": True,
+             "whitelist": "ALLOWED", "last_updated": now_text()}
+    return {"allowed": "ALLOWED", "token": token, "authorization_reference": "AUTH-" + secrets.token_hex(4)}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m evc.sim.emsp", description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=0, help="listen on 127.0.0.1:PORT (0: any free port)")
+    p.add_argument("--token-a", help="the registration token EVC is given (config/token_a)")
+    p.add_argument("--allow", action="append", default=[], metavar="UID",
+                   help="a card this eMSP authorizes in real time (repeatable)")
+    args = p.parse_args(argv)
+    from twisted.internet import reactor
+    emsp = FakeEmsp(reactor)
+    if args.token_a:
+        emsp.token_a = args.token_a
+    for uid in args.allow:
+        emsp.authorize_answers[uid.upper()] = allowed_token(uid.upper())
+    emsp.on_event = lambda kind, doc: print(json.dumps({"event": kind, **doc}), flush=True)
+    emsp.start(args.port)
+    print(f"PORT {emsp.port.getHost().port}", flush=True)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
