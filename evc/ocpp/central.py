@@ -45,7 +45,7 @@ from ocpp.exceptions import (
     NotSupportedError, OCPPError, PropertyConstraintViolationError,
 )
 from ocpp import messages as ocpp_messages
-from ocpp.messages import Call, CallError, CallResult, validate_payload
+from ocpp.messages import Call, CallError, CallResult
 from ocpp.v16 import ChargePoint as _V16ChargePoint
 from ocpp.v16.enums import Action
 from twisted.internet import defer
@@ -54,6 +54,7 @@ from twisted.python.failure import Failure
 from websockets.exceptions import ConnectionClosed
 
 from evc.ocpp.bridge import from_deferred, to_deferred
+from evc.ocpp.validate import check as check_payload
 
 log = Logger(namespace="evc.ocpp.central")
 
@@ -337,7 +338,7 @@ class CentralConnection:
                 raise OcppNotImplemented(description=f"{action!r} is not an OCPP 1.6 action")
             if action not in CP_TO_CS:
                 raise NotSupportedError(description=f"{action} is not a message a central system accepts")
-            await validate_payload(msg, OCPP_VERSION)
+            await check_payload(msg)
             # Shielded: a connection that drops while a CALL is handled (a StartTransaction that allocated its id)
             # must not cut the handler off half-way; its answer is simply not sent, the charge point resends.
             d = defer.maybeDeferred(self.handler.ocpp_call, action, msg.payload)
@@ -354,7 +355,7 @@ class CentralConnection:
                 result = await asyncio.shield(from_deferred(d, self.reactor))
             response = msg.create_call_result(result)
             try:
-                await validate_payload(response, OCPP_VERSION)
+                await check_payload(response)
             except OCPPError as e:
                 log.error("{cp_id}: EVC's own reply to {action} breaks the schema: {error}", cp_id=self.cp_id,
                           action=action, error=e.description)
@@ -448,7 +449,7 @@ class CentralConnection:
         uid = str(uuid.uuid4())
         request = Call(uid, action, remove_nones(payload))
         try:
-            await validate_payload(request, OCPP_VERSION)
+            await check_payload(request)
         except OCPPError as e:
             log.error("{cp_id}: EVC's own {action} breaks the schema: {error}", cp_id=self.cp_id, action=action,
                       error=e.description or e.details)
@@ -474,7 +475,7 @@ class CentralConnection:
             raise OcppCallError(response.error_code, response.error_description, response.error_details)
         response.action = action
         try:
-            await validate_payload(response, OCPP_VERSION)
+            await check_payload(response)
         except OCPPError as e:
             raise OcppCallError(e.code, e.description, e.details) from None
         return _plain(response.payload)
