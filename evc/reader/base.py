@@ -131,13 +131,23 @@ class ReaderBase(Instance):
 
     # -- presentations --
 
-    def _new_card(self, uid: bytes) -> None:
+    def _new_card(self, uid: bytes) -> defer.Deferred | None:
         tag, now = self.tag_of(uid), self.ctx.clock.seconds()
         last, self._last_seen = self._last_seen, (tag, now)
         if last is not None and same_tag(last[0], tag) and now - last[1] < self.lockout_s:
             self.dropped(Dropped("repeats", 1))
-            return
-        self.present_tag(tag)
+            return None
+        return self.present_tag(tag)
+
+    def present(self, uid: bytes) -> defer.Deferred | None:
+        """One presentation of the card `uid` (raw UID bytes) that did not come from the device: the page's "present a
+        card" (front/manual's present_cards). It is one sighting followed by the card's absence, through the same
+        presence, lock-out and rules as a card the device reads: the id tag in this reader's uid_format, the same card
+        again within `lockout_s` is a repeat (counted, None), a card held at the device meanwhile stays where it is.
+        Returns the presentation's handling (its answer is then in `last_card`), or None when it was a repeat."""
+        if not uid:
+            raise ValueError("an empty UID is no card")
+        return self.presence.once(bytes(uid))
 
     def uid_seen(self, uid: bytes) -> None:
         """A sighting of the card `uid` (raw UID bytes as the card gives them)."""
