@@ -389,10 +389,13 @@ class Demo:
         r = self.evc_cli("config", "load", "--replace", str(EXAMPLE.relative_to(REPO)))
         if r.returncode != 0:
             raise RuntimeError(f"loading {EXAMPLE} failed (exit {r.returncode})")
-        # The demo's own additions, beside the seed: a card for reader/r1 in the token list.
+        # The demo's own additions, beside the seed: a card for reader/r1 in the token list, and the page's
+        # "present a card" (front/manual's present_cards: for demos and commissioning, off on a working site).
         root = self.args.root
         etcd_put(self.url, f"{root}/token/{DEMO_CARD}/config/owner", "the demo's card at reader r1")
-        self.say(f"added token/{DEMO_CARD} (a card for reader/r1)")
+        etcd_put(self.url, f"{root}/front/local/config/present_cards", "true")
+        self.say(f"added token/{DEMO_CARD} (a card for reader/r1) and turned on the page's \"present a card\" "
+                 f"(front/local/config/present_cards true)")
 
     def sim_command(self, line: str) -> dict:
         """One command to the site simulator's control port; its JSON answer."""

@@ -117,6 +117,24 @@ def _check_reader(url, log):
     assert card["answer"] == "Accepted", card
 
 
+def _present_from_the_page(url):
+    """A card presented at reader/r1 through the page's API (present_cards is on in the demo) is answered."""
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:8080/api/v1/session", timeout=10) as r:
+        csrf = json.loads(r.read())["csrf_token"]
+    req = urllib.request.Request("http://127.0.0.1:8080/api/v1/readers/r1/present", method="POST",
+                                 data=json.dumps({"uid": "04C43BC21C2680"}).encode(),
+                                 headers={"Content-Type": "application/json", "X-CSRF-Token": csrf})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 202 and json.loads(r.read())["name"] == "r1"
+
+    def answered():
+        card = json.loads(_etcd_json(url, "/evc/seed").get("reader/r1/state/last_card") or "null")
+        return card if card and card["id_tag"] == "04C43BC21C2680" else None
+    card = _wait(answered, 20, "the card presented from the page answered in reader/r1/state/last_card")
+    assert card["answer"] == "Invalid"                      # not in the token list
+
+
 def test_demo_charges_two_cars_on_one_fuse_control_lowers_both_when_the_base_load_rises_and_ctrl_c_leaves_nothing(
         tmp_path):
     """The seed's site on the simulators plus the OCPP charger cp2: both meters live, s1 switched on live charges car1
@@ -159,6 +177,8 @@ def test_demo_charges_two_cars_on_one_fuse_control_lowers_both_when_the_base_loa
             with urllib.request.urlopen("http://127.0.0.1:8080/api/v1/site", timeout=10) as r:
                 site = json.loads(r.read())
             assert "s1" in [c["name"] for c in site["chargers"]] and site["name"] == "seed"
+            assert site["present_cards"] is True                   # the demo turns the page's form on
+            _present_from_the_page(url)
         else:
             assert "config/listen: cannot listen on 127.0.0.1:8080" in kv["front/local/state/error"]
         _check_reader(url, log)
@@ -237,6 +257,7 @@ def test_demo_uses_the_etcd_it_is_given_and_starts_none(tmp_path, etcd_session, 
     assert kv["charger/s1/config/mode"] == "OFF"                     # no scenario without EVC running
     assert kv["reader/r1/type"] == "line" and kv["reader/r1/config/remote"] == "127.0.0.1:15487"
     assert kv["token/1C78F2BF/config/owner"]                        # the demo's card for reader/r1
+    assert kv["front/local/config/present_cards"] == "true"         # the demo's, not the seed file's
     assert "stopped the site simulator" in log() and "stopped the line reader simulator as reader/r1" in log()
 
 
