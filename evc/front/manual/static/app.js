@@ -228,7 +228,7 @@ function readerInfo(r) {
   ];
 }
 function presentForm(r) {
-  const input = el("input", { class: "present-uid", placeholder: "card UID in hex, e.g. 1C78F2BF", maxlength: "64",
+  const input = el("input", { class: "present-uid", placeholder: "UID, e.g. 1C78F2BF", maxlength: "64",
     required: "", "aria-label": `card UID to present at ${r.name}` });
   return el("form", { class: "row operator present",
     onsubmit: async ev => {
