@@ -108,7 +108,9 @@ class ReaderBase(Instance):
         self._hold_timer = None
         self._lock = defer.DeferredLock()
         self._unsubscribe = None
-        self._last_seen: tuple[str, float] | None = None     # (id_tag, clock seconds) of the newest presentation
+        # id tag (upper case) -> clock seconds of its newest sighting, for the lock-out; per card, so that a card
+        # presented from the page meanwhile (present()) does not cut short the lock-out of the card at the device.
+        self._seen_at: dict[str, float] = {}
         self.handled: list[defer.Deferred] = []           # the newest presentations' handling (tests wait on them)
 
     # -- what the types call --
@@ -133,11 +135,16 @@ class ReaderBase(Instance):
 
     def _new_card(self, uid: bytes) -> defer.Deferred | None:
         tag, now = self.tag_of(uid), self.ctx.clock.seconds()
-        last, self._last_seen = self._last_seen, (tag, now)
-        if last is not None and same_tag(last[0], tag) and now - last[1] < self.lockout_s:
+        last = self._seen_at.get(tag.upper())
+        self._saw(tag, now)
+        if last is not None and now - last < self.lockout_s:
             self.dropped(Dropped("repeats", 1))
             return None
         return self.present_tag(tag)
+
+    def _saw(self, tag: str, now: float) -> None:
+        self._seen_at = {t: s for t, s in self._seen_at.items() if now - s < self.lockout_s}
+        self._seen_at[tag.upper()] = now
 
     def present(self, uid: bytes) -> defer.Deferred | None:
         """One presentation of the card `uid` (raw UID bytes) that did not come from the device: the page's "present a
@@ -151,8 +158,8 @@ class ReaderBase(Instance):
 
     def uid_seen(self, uid: bytes) -> None:
         """A sighting of the card `uid` (raw UID bytes as the card gives them)."""
-        if self._last_seen is not None and uid == self.presence.current:
-            self._last_seen = (self._last_seen[0], self.ctx.clock.seconds())
+        if uid == self.presence.current:
+            self._saw(self.tag_of(uid), self.ctx.clock.seconds())
         self.presence.seen(uid)
 
     def present_tag(self, tag: str) -> defer.Deferred:

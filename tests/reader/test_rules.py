@@ -295,3 +295,23 @@ def test_present_leaves_a_card_held_at_the_device_where_it_is():
     reader.present(bytes.fromhex("6F007B3972"))     # the very card in the field: that presentation, nothing new
     assert reader.cards == 2
     sim.remove()
+
+
+def test_a_card_presented_from_the_page_does_not_cut_short_the_lock_out_of_the_card_at_the_device():
+    """Card A at the device starts s1; B comes from the page; A lost for a moment and back is still A's presentation
+    (never a stop right after a start)."""
+    site = Site(chargers=("s1", "s2"))
+    reader, sim = rdm(site, chargers=["s1", "s2"])
+    site.chargers["s1"].plug()
+    sim.present("6F007B3972")
+    site.clock.pump([0.01] * 30)
+    assert site.chargers["s1"].authorized_with == ["6F007B3972"]
+    reader.present(bytes.fromhex("1C78F2BF00"))
+    site.clock.pump([0.01] * 30)
+    sim.remove()
+    site.clock.pump([0.01] * 80)        # A gone (0.5 s), but within its 2 s lock-out
+    sim.present("6F007B3972")
+    site.clock.pump([0.01] * 30)
+    sim.remove()
+    site.clock.advance(3)
+    assert site.chargers["s1"].deauthorized == 0 and reader.counters["repeats"] == 1
