@@ -679,12 +679,13 @@ def types_markdown(catalog: Catalog | None = None) -> str:
             w("```\n")
     planned = [(kind, t) for kind in KINDS for t in sorted(PLANNED.get(kind, ()))
                if t not in catalog.registries[kind].names()]
-    if planned:
-        w("\n### Not available yet\n\nThese types are part of the design but not in this version of EVC. They can "
-          "be configured (and `evc config load` accepts them with a warning); the running EVC does not start them and "
-          "writes `state/status` = `error` and `state/error` = \"... is not available yet in this version of EVC\".\n\n")
-        for kind, t in planned:
-            w(f"- `{kind}/{t}`\n")
+    w("\n### Not available yet\n\nTypes that are part of the design but not in this version of EVC can be configured "
+      "(and `evc config load` accepts them with a warning); the running EVC does not start them and writes "
+      "`state/status` = `error` and `state/error` = \"... is not available yet in this version of EVC\".\n\n")
+    for kind, t in planned:
+        w(f"- `{kind}/{t}`\n")
+    if not planned:
+        w("None in this version: every type of EVC's design is available.\n")
     return buf.getvalue()
 
 

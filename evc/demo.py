@@ -1,9 +1,10 @@
 """`make demo`: the seed's site and an OCPP charger sharing one fuse under `twistd -n evc`, with a scenario printed as it happens.
 
 What runs: a throwaway etcd (unless EVC_ETCD_URL is set), the site simulator of examples/sim/seed-site.yaml (s1's
-EVSE on an RS485 tunnel with a car plugged in, s1's own SDM630 = meter/m1, the grid SDM630 = meter/grid), the
-seed's configuration plus an OCPP charger (examples/seed-site.yaml), `twistd -n evc`, and once EVC is up the OCPP
-1.6J charge point simulator as charger cp2. Then the scenario: switch s1 on live through etcd; its car charges;
+EVSE on an RS485 tunnel with a car plugged in, s1's own SDM630 = meter/m1, the grid SDM630 = meter/grid), a line
+reader simulator as reader/r1 (evc.sim.rfid on a serial-over-TCP tunnel), the seed's configuration plus an OCPP
+charger (examples/seed-site.yaml), `twistd -n evc`, and once EVC is up the OCPP 1.6J charge point simulator as
+charger cp2. Then the scenario: switch s1 on live through etcd; its car charges;
 a car plugs into cp2 and shows the demo's card (s1 and cp2 share the fuse); the base load rises (control lowers
 both); it falls again (control raises both). The site keeps running until Ctrl-C.
 
@@ -35,14 +36,18 @@ SIM_CONFIG = REPO / "examples" / "sim" / "seed-site.yaml"
 DEMO_ETCD_PORT = 23790
 # The endpoints both files name (examples/seed-site.yaml and examples/sim/seed-site.yaml), and server/cs's.
 OCPP_PORT = 19000
+# reader/r1's simulator: a line reader (python -m evc.sim.rfid line) behind a serial-over-TCP tunnel.
+READER_PORT = 15487
 PORTS = {15020: "meter/m1's bus", 15021: "meter/grid's bus", 15485: "conn/s123's remote",
-         OCPP_PORT: "server/cs's listen"}
+         READER_PORT: "reader/r1's remote", OCPP_PORT: "server/cs's listen"}
 # The OCPP charger of examples/seed-site.yaml (charger/cp2 on server/cs) and the card of its token list.
 OCPP_URL = f"ws://127.0.0.1:{OCPP_PORT}/ocpp"
 CP_ID = "cp2"
 # front/local of examples/seed-site.yaml: the page and the API (front/manual's default listen).
 PAGE_URL = "http://127.0.0.1:8080/"
 DEMO_TAG = "DEMO1234"
+# The card the demo adds to the token list for reader/r1 (a 13.56 MHz card's UID in the OCPP form).
+DEMO_CARD = "1C78F2BF"
 CHARGERS = ("s1", CP_ID)
 # The scenario's base loads (A on L1, L2, L3): the sim config's, then a rise that leaves the two cars 18 A of the
 # 32 A per phase that control/master may use on L1: 9 A each.
@@ -255,6 +260,7 @@ class Demo:
         self.etcd: EtcdServer | None = None
         self.url = ""
         self.control_port = 0
+        self.reader_control_port = 0
         self.twistd: subprocess.Popen | None = None
         self.cp: ChargePoint | None = None
         self._cp_phase_map = _cp2_phase_map()
@@ -322,8 +328,19 @@ class Demo:
         proc = self.spawn("the site simulator",
                           [sys.executable, "-m", "evc.sim.site", "--config", str(SIM_CONFIG.relative_to(REPO)),
                            "--control-port", str(self.control_port)], stdout=subprocess.DEVNULL)
-        for port in (*(p for p in PORTS if p != OCPP_PORT), self.control_port):
+        for port in (*(p for p in PORTS if p not in (OCPP_PORT, READER_PORT)), self.control_port):
             wait_for_port(port, proc, "the site simulator")
+        self.start_reader()
+
+    def start_reader(self) -> None:
+        """reader/r1's device: a simulated line reader (one card per ASCII line) behind a ser2net-style TCP tunnel;
+        a card is presented with `present UID` on its control port, or from the page (front/local's present_cards)."""
+        self.reader_control_port = free_port()
+        proc = self.spawn("the line reader simulator as reader/r1",
+                          [sys.executable, "-m", "evc.sim.rfid", "line", "--tcp-port", str(READER_PORT),
+                           "--control-port", str(self.reader_control_port)], stdout=subprocess.DEVNULL)
+        for port in (READER_PORT, self.reader_control_port):
+            wait_for_port(port, proc, "the line reader simulator")
 
     def start_charge_point(self) -> None:
         """The OCPP charger simulator as charger cp2; it connects to EVC's server/cs (and retries until it is up)."""
@@ -372,6 +389,13 @@ class Demo:
         r = self.evc_cli("config", "load", "--replace", str(EXAMPLE.relative_to(REPO)))
         if r.returncode != 0:
             raise RuntimeError(f"loading {EXAMPLE} failed (exit {r.returncode})")
+        # The demo's own additions, beside the seed: a card for reader/r1 in the token list, and the page's
+        # "present a card" (front/manual's present_cards: for demos and commissioning, off on a working site).
+        root = self.args.root
+        etcd_put(self.url, f"{root}/token/{DEMO_CARD}/config/owner", "the demo's card at reader r1")
+        etcd_put(self.url, f"{root}/front/local/config/present_cards", "true")
+        self.say(f"added token/{DEMO_CARD} (a card for reader/r1) and turned on the page's \"present a card\" "
+                 f"(front/local/config/present_cards true)")
 
     def sim_command(self, line: str) -> dict:
         """One command to the site simulator's control port; its JSON answer."""
@@ -420,6 +444,11 @@ and change the simulated site (one command per line on its control port: status,
 plug car1 s1, soc car1 0.95, ...; evc/sim/site.py lists them):
 
     echo 'base 8 6 7' | nc -q1 127.0.0.1 {self.control_port}
+
+reader/r1 (serving s1) is a simulated line reader on 127.0.0.1:{READER_PORT}; hold a card at it (token/{DEMO_CARD}),
+or use the page's "present a card" (front/local's present_cards is on in the demo):
+
+    echo 'present {DEMO_CARD}' | nc -q1 127.0.0.1 {self.reader_control_port}
 
 Ctrl-C stops everything.
 """, flush=True)

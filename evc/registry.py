@@ -8,10 +8,8 @@ from evc.errors import ConfigError
 KINDS = ("charger", "meter", "conn", "control", "reader", "front", "server", "token")
 
 # Types named by the design whose implementation has not landed yet: configuring one is reported in
-# state/error as "not available yet", distinct from a typo. reader "serial" is the seed's placeholder name for a
-# serial reader: the message lists the real types (RDM6300, PN532, line, QUIO) to pick from.
+# state/error as "not available yet", distinct from a typo.
 PLANNED: dict[str, set[str]] = {
-    "reader": {"serial"},
 }
 
 T = TypeVar("T")

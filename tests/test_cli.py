@@ -11,7 +11,7 @@ import pytest_twisted
 import yaml
 
 from evc import cli
-from evc.registry import KINDS, Registry
+from evc.registry import KINDS, PLANNED, Registry
 from evc.schema import Catalog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,11 +194,13 @@ def test_token_needs_no_type(tmp_path, catalog):
     assert code == 0, err
 
 
-def test_planned_type_is_a_warning_not_an_error(tmp_path, catalog):
-    path = write(tmp_path, GOOD + "reader:\n  r9:\n    type: serial\n    config:\n      charger: s1\n")
+def test_planned_type_is_a_warning_not_an_error(tmp_path, catalog, monkeypatch):
+    from evc import registry
+    monkeypatch.setitem(registry.PLANNED, "reader", {"holo"})      # a type the design names before it lands
+    path = write(tmp_path, GOOD + "reader:\n  r9:\n    type: holo\n    config:\n      charger: s1\n")
     code, out, err = validate(catalog, path)
     assert code == 0
-    assert "warning:" in err and "reader/r9/type: reader type 'serial' is not available yet" in err
+    assert "warning:" in err and "reader/r9/type: reader type 'holo' is not available yet" in err
     assert "1 warning" in out
 
 
@@ -325,7 +327,7 @@ async def test_status_shows_every_instance_with_live_values_and_errors(catalog, 
                        ("meter/m1/state/A/L3", "3.4"), ("meter/m1/state/stale", "false"),
                        ("charger/s1/type", "EVCC_manual"), ("charger/s1/state/status", "error"),
                        ("charger/s1/state/error", "type: charger type 'EVCC_manual' is not available yet"),
-                       ("reader/r1/type", "serial")):
+                       ("reader/r1/type", "line")):
         etcd_session.etcdctl("put", f"{etcd_root}/{key}", value)
     code, out, err = await call(catalog, etcd_session, etcd_root, "status")
     assert code == 1     # an instance is in error
@@ -335,7 +337,7 @@ async def test_status_shows_every_instance_with_live_values_and_errors(catalog, 
     assert lines[1].endswith("type: charger type 'EVCC_manual' is not available yet")
     assert lines[2].split()[:3] == ["meter/m1", "tmeter", "running"]
     assert "2300 W, 3.3/3.3/3.4 A" in lines[2]
-    assert lines[3].split() == ["reader/r1", "serial", "—"]
+    assert lines[3].split() == ["reader/r1", "line", "—"]
     code, out, err = await call(catalog, etcd_session, etcd_root, "status", "--json")
     rows = {r["instance"]: r for r in json.loads(out)}
     assert rows["meter/m1"]["state"]["A/L1"] == 3.31 and rows["meter/m1"]["state"]["W_total"] == 2300.4
@@ -404,11 +406,28 @@ def test_env_gives_url_and_root(etcd_session, etcd_root):
 
 @pytest_twisted.ensureDeferred
 async def test_planned_type_loads_with_a_warning(tmp_path, catalog, etcd_session, etcd_root):
-    path = write(tmp_path, GOOD + "reader:\n  r1:\n    type: serial\n    config:\n      charger: s1\n")
+    kind, name = _a_planned_type()
+    path = write(tmp_path, GOOD + f"{kind}:\n  x1:\n    type: {name}\n    config:\n      chargers: '*'\n")
     code, out, err = await call(catalog, etcd_session, etcd_root, "config", "load", path)
     assert code == 0, err
-    assert "reader/r1/type: reader type 'serial' is not available yet" in err and "error:" not in err
-    assert etcd_get(etcd_session, etcd_root)[f"{etcd_root}/reader/r1/type"] == "serial"
+    assert f"{kind}/x1/type: {kind} type '{name}' is not available yet" in err and "error:" not in err
+    assert etcd_get(etcd_session, etcd_root)[f"{etcd_root}/{kind}/x1/type"] == name
+
+
+def _a_planned_type():
+    from evc.registry import REGISTRIES
+    planned = sorted((k, n) for k, names in PLANNED.items() for n in names if n not in REGISTRIES[k].names())
+    if not planned:
+        pytest.skip("every type of the design is available")
+    return planned[0]
+
+
+def test_the_seeds_old_placeholder_reader_type_is_now_simply_unknown(tmp_path):
+    """reader "serial" was the seed's stand-in until the real reader types landed: now it is a typo like any other."""
+    path = write(tmp_path, "reader:\n  r1:\n    type: serial\n    config:\n      charger: s1\n")
+    code, _, err = validate(Catalog(), path)
+    assert code == 1
+    assert "reader/r1/type: unknown reader type 'serial' (known: PN532, QUIO, RDM6300, line)" in err
 
 
 def test_types_lists_settings_and_what_is_not_available_yet(catalog):
@@ -417,4 +436,6 @@ def test_types_lists_settings_and_what_is_not_available_yet(catalog):
     text = out.getvalue()
     assert "meter/tmeter\n" in text and "  bus_addr: integer (≥ 1, ≤ 247) (default 1)\n" in text
     assert "  bus: string (required)\n" in text
-    assert "reader/serial (not available yet)\n" in text
+    assert "reader/serial" not in text
+    for kind, name in [(k, n) for k, names in PLANNED.items() for n in names]:
+        assert f"{kind}/{name} (not available yet)\n" in text

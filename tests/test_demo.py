@@ -1,7 +1,9 @@
 """`make demo` (python -m evc.demo): the whole site comes up on simulators, and Ctrl-C leaves nothing running."""
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +81,60 @@ def _num(kv, key):
         return None
 
 
+def _reader_command(log, line):
+    """One command to the demo's line reader simulator, on the control port its help text names."""
+    match = re.search(r"echo 'present [0-9A-F]+' \| nc -q1 127\.0\.0\.1 (\d+)", log())
+    assert match, f"the demo does not say how to present a card at reader/r1:\n{log()}"
+    with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=5) as s:
+        s.sendall(line.encode() + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return json.loads(answer)
+
+
+def _check_reader(url, log):
+    """reader/r1 (type line) is connected to the demo's simulator on 127.0.0.1:15487, and a card held at that
+    simulator reaches EVC: its answer is in state/last_card (token/1C78F2BF is the demo's card; s1 charges already,
+    so the card is held for the next car)."""
+    def up():
+        kv = _etcd_json(url, "/evc/seed")
+        return kv if kv.get("reader/r1/state/link") == "up" and kv.get("reader/r1/state/status") == "running" \
+            else None
+    kv = _wait(up, 30, "reader/r1's link up to the line reader simulator")
+    assert kv["reader/r1/type"] == "line" and kv["reader/r1/state/via"] == "remote 127.0.0.1:15487"
+    assert "reader/r1/state/error" not in kv
+    assert _reader_command(log, "present 1C78F2BF") == {"ok": True}
+
+    def answered():
+        kv = _etcd_json(url, "/evc/seed")
+        card = json.loads(kv.get("reader/r1/state/last_card") or "null")
+        return card if card and card["id_tag"] == "1C78F2BF" else None
+    card = _wait(answered, 20, "the card presented at reader/r1's simulator answered in state/last_card")
+    assert card["answer"] == "Accepted", card
+
+
+def _present_from_the_page(url):
+    """A card presented at reader/r1 through the page's API (present_cards is on in the demo) is answered."""
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:8080/api/v1/session", timeout=10) as r:
+        csrf = json.loads(r.read())["csrf_token"]
+    req = urllib.request.Request("http://127.0.0.1:8080/api/v1/readers/r1/present", method="POST",
+                                 data=json.dumps({"uid": "04C43BC21C2680"}).encode(),
+                                 headers={"Content-Type": "application/json", "X-CSRF-Token": csrf})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 202 and json.loads(r.read())["name"] == "r1"
+
+    def answered():
+        card = json.loads(_etcd_json(url, "/evc/seed").get("reader/r1/state/last_card") or "null")
+        return card if card and card["id_tag"] == "04C43BC21C2680" else None
+    card = _wait(answered, 20, "the card presented from the page answered in reader/r1/state/last_card")
+    assert card["answer"] == "Invalid"                      # not in the token list
+
+
 def test_demo_charges_two_cars_on_one_fuse_control_lowers_both_when_the_base_load_rises_and_ctrl_c_leaves_nothing(
         tmp_path):
     """The seed's site on the simulators plus the OCPP charger cp2: both meters live, s1 switched on live charges car1
@@ -107,13 +163,12 @@ def test_demo_charges_two_cars_on_one_fuse_control_lowers_both_when_the_base_loa
             return None
         kv = _wait(charging, 40, "meters live, s1 switched on and charging car1 in a session, control allocating")
         sessions = {sid for _, sid in _children_sessions(proc.pid)}
-        assert len(sessions) >= 4, \
-            f"expected etcd, the simulator, twistd and the OCPP simulator as children: {sessions}\n{log()}"
+        assert len(sessions) >= 5, (f"expected etcd, the site simulator, the reader simulator, twistd and the OCPP "
+                                    f"simulator as children: {sessions}\n{log()}")
         assert kv["charger/s1/config/mode"] == "ON"                 # switched on live by the demo, through etcd
         sid = kv["charger/s1/data/sessions/current"]
         assert json.loads(kv[f"charger/s1/data/sessions/{sid}"])["state"] in ("authorized", "charging")
         assert kv["control/master/state/mode"] == "normal"
-        assert "not available yet" in kv["reader/r1/state/error"]     # reported, never faked
         # The seed names front/plugsurfing without its OCPI party and location: not started, and it says why.
         assert "config/country_code: missing" in kv["front/plugsurfing/state/error"]
         # front/local serves the page on 127.0.0.1:8080, unless something else holds that port here: then it says so.
@@ -122,8 +177,11 @@ def test_demo_charges_two_cars_on_one_fuse_control_lowers_both_when_the_base_loa
             with urllib.request.urlopen("http://127.0.0.1:8080/api/v1/site", timeout=10) as r:
                 site = json.loads(r.read())
             assert "s1" in [c["name"] for c in site["chargers"]] and site["name"] == "seed"
+            assert site["present_cards"] is True                   # the demo turns the page's form on
+            _present_from_the_page(url)
         else:
             assert "config/listen: cannot listen on 127.0.0.1:8080" in kv["front/local/state/error"]
+        _check_reader(url, log)
 
         def shared():
             kv = _etcd_json(url, "/evc/seed")
@@ -197,7 +255,40 @@ def test_demo_uses_the_etcd_it_is_given_and_starts_none(tmp_path, etcd_session, 
     assert kv["charger/s1/type"] == "EVCC_manual" and kv["meter/m1/config/bus"] == "127.0.0.1:15020"
     assert kv["control/master/config/meter"] == "grid" and kv["meter/grid/config/bus"] == "127.0.0.1:15021"
     assert kv["charger/s1/config/mode"] == "OFF"                     # no scenario without EVC running
-    assert "stopped the site simulator" in log()
+    assert kv["reader/r1/type"] == "line" and kv["reader/r1/config/remote"] == "127.0.0.1:15487"
+    assert kv["token/1C78F2BF/config/owner"]                        # the demo's card for reader/r1
+    assert kv["front/local/config/present_cards"] == "true"         # the demo's, not the seed file's
+    assert "stopped the site simulator" in log() and "stopped the line reader simulator as reader/r1" in log()
+
+
+def test_the_demo_checks_every_port_the_seed_example_names_before_it_starts():
+    """Every 127.0.0.1 endpoint of examples/seed-site.yaml that a simulator or server/cs must take is in the demo's
+    port check (front/local's 8080 is not: when it is taken the front says so in its state/error)."""
+    from evc import cli, demo
+    leaves, _ = cli.check_site(cli.read_site_file(os.path.join(REPO, "examples", "seed-site.yaml")))
+    ports = {int(v.rsplit(":", 1)[1]) for k, v in leaves.items()
+             if v.startswith("127.0.0.1:") and k.rsplit("/", 1)[-1] in ("bus", "remote", "listen")}
+    assert 15487 in ports and ports - {8080} <= set(demo.PORTS), ports
+    assert demo.PORTS[15487] == "reader/r1's remote"
+
+
+def test_demo_refuses_to_start_when_the_reader_port_is_taken(tmp_path, etcd_session, etcd_root):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", 15487))
+        except OSError:
+            pass            # another demo holds it: the same refusal is expected
+        s.listen(1)
+        proc, log = _demo(tmp_path, "--no-twistd", "--exit-after-ready", "--root", etcd_root,
+                          env={"EVC_ETCD_URL": etcd_session.url})
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 1, log()
+    assert "port 15487 (reader/r1's remote in examples/seed-site.yaml) is in use" in log()
 
 
 def test_demo_refuses_an_unknown_option(tmp_path):

@@ -36,7 +36,8 @@ def test_seed_example_is_the_seed_tree_as_written():
     assert leaves["meter/m1/config/bus"] == "127.0.0.1:15020" and leaves["meter/m1/config/bus_addr"] == "1"
     assert leaves["control/master/type"] == "builtin"
     assert leaves["conn/s123/type"] == "rs485" and leaves["conn/s123/config/remote"] == "127.0.0.1:15485"
-    assert leaves["reader/r1/config/charger"] == "s1" and leaves["reader/r1/type"] in PLANNED["reader"] | {"serial"}
+    assert leaves["reader/r1/type"] == "line" and leaves["reader/r1/config/charger"] == "s1"
+    assert leaves["reader/r1/config/remote"] == "127.0.0.1:15487"      # the demo's line reader simulator
     assert leaves["front/plugsurfing/type"] == "plugsurfing" and leaves["front/plugsurfing/config/chargers"] == "*"
     assert leaves["front/local/type"] == "manual" and leaves["front/local/config/chargers"] == "*"
 

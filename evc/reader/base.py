@@ -108,7 +108,9 @@ class ReaderBase(Instance):
         self._hold_timer = None
         self._lock = defer.DeferredLock()
         self._unsubscribe = None
-        self._last_seen: tuple[str, float] | None = None     # (id_tag, clock seconds) of the newest presentation
+        # id tag (upper case) -> clock seconds of its newest sighting, for the lock-out; per card, so that a card
+        # presented from the page meanwhile (present()) does not cut short the lock-out of the card at the device.
+        self._seen_at: dict[str, float] = {}
         self.handled: list[defer.Deferred] = []           # the newest presentations' handling (tests wait on them)
 
     # -- what the types call --
@@ -131,18 +133,33 @@ class ReaderBase(Instance):
 
     # -- presentations --
 
-    def _new_card(self, uid: bytes) -> None:
+    def _new_card(self, uid: bytes) -> defer.Deferred | None:
         tag, now = self.tag_of(uid), self.ctx.clock.seconds()
-        last, self._last_seen = self._last_seen, (tag, now)
-        if last is not None and same_tag(last[0], tag) and now - last[1] < self.lockout_s:
+        last = self._seen_at.get(tag.upper())
+        self._saw(tag, now)
+        if last is not None and now - last < self.lockout_s:
             self.dropped(Dropped("repeats", 1))
-            return
-        self.present_tag(tag)
+            return None
+        return self.present_tag(tag)
+
+    def _saw(self, tag: str, now: float) -> None:
+        self._seen_at = {t: s for t, s in self._seen_at.items() if now - s < self.lockout_s}
+        self._seen_at[tag.upper()] = now
+
+    def present(self, uid: bytes) -> defer.Deferred | None:
+        """One presentation of the card `uid` (raw UID bytes) that did not come from the device: the page's "present a
+        card" (front/manual's present_cards). It is one sighting followed by the card's absence, through the same
+        presence, lock-out and rules as a card the device reads: the id tag in this reader's uid_format, the same card
+        again within `lockout_s` is a repeat (counted, None), a card held at the device meanwhile stays where it is.
+        Returns the presentation's handling (its answer is then in `last_card`), or None when it was a repeat."""
+        if not uid:
+            raise ValueError("an empty UID is no card")
+        return self.presence.once(bytes(uid))
 
     def uid_seen(self, uid: bytes) -> None:
         """A sighting of the card `uid` (raw UID bytes as the card gives them)."""
-        if self._last_seen is not None and uid == self.presence.current:
-            self._last_seen = (self._last_seen[0], self.ctx.clock.seconds())
+        if uid == self.presence.current:
+            self._saw(self.tag_of(uid), self.ctx.clock.seconds())
         self.presence.seen(uid)
 
     def present_tag(self, tag: str) -> defer.Deferred:

@@ -1,7 +1,7 @@
 """One card held in the field is one presentation: sightings are debounced by the card's absence."""
 from __future__ import annotations
 
-from typing import Callable, Hashable
+from typing import Any, Callable, Hashable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -30,6 +30,16 @@ class Presence:
             self._timer = self.clock.callLater(self.absent_s, self.gone)
         if new:
             self.on_new(uid)
+
+    def once(self, uid: Hashable) -> Any:
+        """One sighting of `uid` followed at once by its absence: a card held out and taken away again (a
+        presentation that comes from elsewhere than the device, e.g. the page). What `seen(uid); gone()` does, except
+        that a card held in the field at the device stays there: it does not count again on its next sighting.
+        The same card while it is in the field is that presentation, nothing new. Returns what on_new returned, or
+        None."""
+        if uid == self.current:
+            return None
+        return self.on_new(uid)
 
     def gone(self) -> None:
         if self._timer is not None and self._timer.active():

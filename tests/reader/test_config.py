@@ -56,6 +56,6 @@ def test_chargers_are_references_so_a_dangling_name_is_reported():
     assert Catalog().references("reader", "QUIO")["conn"] == "conn"
 
 
-def test_the_seeds_placeholder_type_lists_the_real_ones():
-    with pytest.raises(ConfigError, match=r"not available yet.*PN532, QUIO, RDM6300, line"):
+def test_the_seeds_old_placeholder_type_is_unknown_and_the_error_lists_the_real_ones():
+    with pytest.raises(ConfigError, match=r"unknown reader type 'serial' \(known: PN532, QUIO, RDM6300, line\)"):
         Catalog().lookup("reader", "serial")

@@ -230,3 +230,88 @@ def test_line_driver_reads_the_same_cards_however_the_bytes_are_chunked(lines, c
         sim.noise(stream[i:i + n])
         i, k = i + n, k + 1
     assert seen == [x for x in lines if x and len(x) <= 32 and x != "X" * 40]
+
+
+# -- present(uid): a card presented from elsewhere than the device (front/manual's "present a card") --
+
+def test_present_is_one_presentation_through_the_same_rules_as_the_device():
+    site = Site()
+    reader, sim = rdm(site)
+    site.chargers["s1"].plug()
+    d = reader.present(bytes.fromhex("6F007B3972"))
+    site.clock.advance(0.01)
+    assert d is not None and d.called
+    assert site.chargers["s1"].authorized_with == ["6F007B3972"] and reader.cards == 1
+    assert reader.last_card["answer"] == "Accepted" and reader.last_card["charger"] == "s1"
+    assert reader.presence.current is None          # a sighting followed by absence: nothing stays in the field
+    site.clock.advance(3)
+    reader.present(bytes.fromhex("6F007B3972"))     # the same card again, later: its own session stops
+    site.clock.advance(0.01)
+    assert site.chargers["s1"].deauthorized == 1 and reader.last_card["answer"] == "Stopped"
+
+
+def test_present_takes_the_uid_in_the_readers_uid_format():
+    site = Site()
+    site.tokens["0008075634"] = site.tokens["CARD1"]
+    reader, sim = rdm(site, uid_format="decimal")
+    site.chargers["s1"].plug()
+    reader.present(bytes.fromhex("6F007B3972"))
+    site.clock.advance(0.01)
+    assert site.chargers["s1"].authorized_with == ["0008075634"]
+
+
+def test_present_of_a_blocked_card_is_refused_and_last_card_says_so():
+    site = Site()
+    reader, sim = rdm(site)
+    site.tokens["6F007B3972"] = site.tokens["BLOCKED1"]
+    site.chargers["s1"].plug()
+    reader.present(bytes.fromhex("6F007B3972"))
+    site.clock.advance(0.01)
+    assert site.chargers["s1"].authorized_with == [] and reader.last_card["answer"] == "Blocked"
+
+
+def test_present_twice_within_the_lockout_is_one_presentation():
+    site = Site()
+    reader, sim = rdm(site)
+    site.chargers["s1"].plug()
+    assert reader.present(bytes.fromhex("6F007B3972")) is not None
+    site.clock.advance(0.5)
+    assert reader.present(bytes.fromhex("6F007B3972")) is None       # never a stop right after a start
+    site.clock.advance(0.01)
+    assert reader.cards == 1 and site.chargers["s1"].deauthorized == 0
+    assert reader.ctx.state.values["counters/repeats"] == 1
+
+
+def test_present_leaves_a_card_held_at_the_device_where_it_is():
+    """A card in the field at the device meanwhile does not count again on its next frame (seen(); gone() would)."""
+    site = Site(chargers=("s1", "s2"))
+    reader, sim = rdm(site, chargers=["s1", "s2"])
+    sim.present("6F007B3972")
+    site.clock.pump([0.01] * 10)
+    assert reader.cards == 1
+    reader.present(bytes.fromhex("1C78F2BF00"))
+    site.clock.pump([0.01] * 300)                   # the device's card is still held: its frames go on for 3 s
+    assert reader.cards == 2 and reader.presence.current == bytes.fromhex("6F007B3972")
+    reader.present(bytes.fromhex("6F007B3972"))     # the very card in the field: that presentation, nothing new
+    assert reader.cards == 2
+    sim.remove()
+
+
+def test_a_card_presented_from_the_page_does_not_cut_short_the_lock_out_of_the_card_at_the_device():
+    """Card A at the device starts s1; B comes from the page; A lost for a moment and back is still A's presentation
+    (never a stop right after a start)."""
+    site = Site(chargers=("s1", "s2"))
+    reader, sim = rdm(site, chargers=["s1", "s2"])
+    site.chargers["s1"].plug()
+    sim.present("6F007B3972")
+    site.clock.pump([0.01] * 30)
+    assert site.chargers["s1"].authorized_with == ["6F007B3972"]
+    reader.present(bytes.fromhex("1C78F2BF00"))
+    site.clock.pump([0.01] * 30)
+    sim.remove()
+    site.clock.pump([0.01] * 80)        # A gone (0.5 s), but within its 2 s lock-out
+    sim.present("6F007B3972")
+    site.clock.pump([0.01] * 30)
+    sim.remove()
+    site.clock.advance(3)
+    assert site.chargers["s1"].deauthorized == 0 and reader.counters["repeats"] == 1

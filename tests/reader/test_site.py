@@ -89,7 +89,7 @@ async def test_the_same_card_again_stops_its_session(sites):
     await site.tap()
     await site.until(lambda: site.session("s1").state in ("authorized", "charging"), "s1 authorized")
     await site.until(lambda: site.reader.presence.current is None, "the card gone from the field")
-    site.reader._last_seen = None           # past the lock-out without waiting for it
+    site.reader._seen_at.clear()            # past the lock-out without waiting for it
     await site.tap()
     await site.until(lambda: site.instance("charger", "s1").sessions.last.state == "ended", "the session ended")
     async def stopped():

@@ -37,6 +37,9 @@ STATIC = {"": ("index.html", "text/html; charset=utf-8"),
           "static/style.css": ("style.css", "text/css; charset=utf-8")}
 # An OCPP 1.6 idTag: CiString20, printable ASCII without spaces; "/" would be a new level in the etcd tree.
 ID_TAG = re.compile(r"^[\x21-\x2e\x30-\x7e]{1,20}$")
+# A card's UID: 4, 7 or 10 bytes for ISO 14443 cards, 5 for EM4100; a few more are allowed for other readers.
+MAX_UID_BYTES = 16
+UID_HEX = re.compile(r"^[0-9A-Fa-f]{2,%d}$" % (2 * MAX_UID_BYTES))
 SESSION_COLUMNS = ("id", "charger", "state", "id_tag", "start_time", "stop_time", "duration_s", "energy_Wh",
                    "meter_start_Wh", "meter_stop_Wh", "reason")
 SECURITY_HEADERS = {
@@ -74,6 +77,15 @@ def static_bytes(name: str) -> bytes:
 
 def valid_id_tag(text: str) -> bool:
     return bool(ID_TAG.match(text))
+
+
+def parse_uid(text: str) -> bytes:
+    """A card's UID as the API takes it ("1C78F2BF"; "1c:78:f2:bf" and "1C-78-F2-BF" too) -> its bytes."""
+    digits = re.sub(r"[\s:-]", "", text)
+    if not UID_HEX.match(digits) or len(digits) % 2:
+        raise ApiError(400, f"uid: {text[:40]!r} is not a card's UID in hex: 2 to {2 * MAX_UID_BYTES} hex digits, "
+                            "an even number of them, byte 0 first (e.g. 1C78F2BF)")
+    return bytes.fromhex(digits)
 
 
 class Root(resource.Resource):
@@ -227,7 +239,7 @@ class Api:
             self.may_change(request, login)
         if path == ["site"]:
             _only(method, "GET")
-            return Reply(200, self.view.site())
+            return Reply(200, self.front.site())
         if path == ["events"]:
             _only(method, "GET")
             return self.events(request, login)
@@ -236,7 +248,7 @@ class Api:
         if path[:1] == ["tokens"]:
             return await self.tokens(request, method, path[1:])
         if path[:1] == ["readers"]:
-            return self.readers(method, path[1:])
+            return self.readers(request, method, path[1:], login)
         if path == ["sessions"]:
             _only(method, "GET")
             return self.sessions(request)
@@ -319,7 +331,7 @@ class Api:
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
-        self.front.hub.add(request, login, frame("site", self.view.site()))
+        self.front.hub.add(request, login, frame("site", self.front.site()))
         return None
 
     # -- chargers --
@@ -394,15 +406,45 @@ class Api:
 
     # -- readers --
 
-    def readers(self, method: str, path: list[str]) -> Reply:
+    def readers(self, request, method: str, path: list[str], login: Login) -> Reply:
+        if len(path) == 2 and path[1] == "present":
+            _only(method, "POST")
+            return self.present(request, path[0], login)
         _only(method, "GET")
         if not path:
             return Reply(200, [self.view.reader(n) for n in self.view.readers()])
-        if len(path) == 1 and path[0] in self.view.readers():
-            return Reply(200, self.view.reader(path[0]))
         if len(path) == 1:
-            raise ApiError(404, f"no reader {path[0]!r} at this front")
+            return Reply(200, self.view.reader(self._reader(path[0])))
         raise ApiError(404, f"no API at /api/v1/readers/{'/'.join(path)}")
+
+    def _reader(self, name: str) -> str:
+        if name not in self.view.readers():
+            raise ApiError(404, f"no reader {name!r} at this front")
+        return name
+
+    def present(self, request, name: str, login: Login) -> Reply:
+        """A card presented at reader `name` from the page: one presentation through the reader's own rules."""
+        from evc.reader.base import ReaderBase
+        if not self.front.config.present_cards:
+            raise ApiError(403, f"presenting a card from the page is off at {self.front.ctx.key} (it is for demos "
+                                "and commissioning): set its config/present_cards to true to allow it")
+        name = self._reader(name)
+        doc = body_object(request, {"uid": str}, required=("uid",))
+        uid = parse_uid(doc["uid"])
+        try:
+            inst = self.front.ctx.resolve("reader", name)
+        except ConfigError:
+            error = self.view.reader(name)["error"]
+            raise ApiError(409, f"reader {name} is not running ({error or 'see its state/error'})") from None
+        if not isinstance(inst, ReaderBase):
+            raise ApiError(409, f"reader {name} (type {inst.type_name}) cannot take a card from the page")
+        if inst.present(uid) is None:
+            raise ApiError(409, f"the same card was presented at reader {name} less than {inst.lockout_s:g} s ago, "
+                                "or is held at the reader now: it counts as that presentation (present it again "
+                                "later)")
+        log.info("front/manual: a card presented at reader {reader} from the page by {user}", reader=name,
+                 user=login.user or "a local operator")
+        return Reply(202, self.view.reader(name))
 
     # -- tokens --
 

@@ -49,6 +49,7 @@ class ManualFrontConfig:
     tls_key: Optional[str] = None
     session_ttl_s: int = 43200
     start_id_tag: str = "EVC"
+    present_cards: bool = False
     type: Optional[str] = None
 
     def __post_init__(self):
@@ -153,6 +154,10 @@ class ManualFront(Instance):
         port, self.port = self.port, None
         d = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
         return d
+
+    def site(self) -> dict:
+        """GET /api/v1/site (and the live stream's first event): the view's site and what this front allows."""
+        return {**self.view.site(), "present_cards": self.config.present_cards}
 
     def _on_events(self, events) -> None:
         self.hub.changed(self.view.apply(events))

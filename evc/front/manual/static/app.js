@@ -3,7 +3,7 @@
 const $ = (sel, root = document) => root.querySelector(sel);
 const PH = ["L1", "L2", "L3"];
 const COLORS = ["#3c7dd9", "#d9822b", "#5a9e4b"];
-let login = null, site = null, stream = null;
+let login = null, site = null, stream = null, readers = [];
 const history = [];            // grid meter samples: [time ms, [A L1, A L2, A L3]]
 
 function el(tag, attrs = {}, ...children) {
@@ -65,7 +65,14 @@ function connect() {
   stream = new EventSource("/api/v1/events");
   stream.onopen = () => setLive(true);
   stream.onerror = () => { setLive(false); checkLogin(); };
-  stream.addEventListener("site", e => { site = JSON.parse(e.data); renderAll(); });
+  stream.addEventListener("site", e => { site = JSON.parse(e.data); renderAll(); loadReaders(); });
+  stream.addEventListener("reader", e => {
+    const r = JSON.parse(e.data);
+    const i = readers.findIndex(x => x.name === r.name);
+    if (r.removed) { if (i >= 0) readers.splice(i, 1); } else if (i >= 0) readers[i] = r; else readers.push(r);
+    readers.sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
+    renderReaders();
+  });
   stream.addEventListener("charger", e => {
     const c = JSON.parse(e.data); if (!site) return;
     const i = site.chargers.findIndex(x => x.name === c.name);
@@ -191,6 +198,62 @@ function card(c) {
     el("div", { class: "row operator" }, "mode ", mode,
       authorized ? el("button", { class: "stop", onclick: () => command(c.name, "stop") }, "Stop")
         : el("button", { class: "start", onclick: () => command(c.name, "start") }, "Start")));
+}
+
+// -- card readers (reader/*): the newest card and its answer, live; "present a card" when the front allows it --
+
+const REFUSED = ["Blocked", "Expired", "Invalid", "ConcurrentTx", "Failed"];
+async function loadReaders() {
+  try { readers = await api("GET", "readers"); } catch (e) { return; }
+  renderReaders();
+}
+function cardText(card) {
+  if (!card) return "no card yet";
+  const when = card.time ? new Date(card.time).toLocaleTimeString() : "";
+  return `${card.id_tag || "?"}: ${card.answer || "?"}${card.charger ? " at " + card.charger : ""}` +
+    (when ? ` (${when})` : "");
+}
+function readerInfo(r) {
+  const card = r.last_card, answer = card ? card.answer : null;
+  const cls = !answer ? "" : REFUSED.includes(answer) ? "refused" : "accepted";
+  return [
+    el("h3", {}, r.name, el("span", { class: `status link-${r.link || "none"}` }, r.link ? `link ${r.link}` : "–")),
+    el("div", { class: "muted" }, `${r.type || "?"} · for `,
+      el("b", { class: "reader-chargers" }, r.chargers === "*" ? "every charger" : r.chargers.join(", ") || "–")),
+    el("div", { class: "row" }, "last card ", el("b", { class: `last-card ${cls}`, "data-answer": answer || "" },
+      cardText(card))),
+    r.held ? el("div", { class: "row muted held" }, `held for the next car: ${r.held.id_tag}` +
+      (r.held.until ? ` until ${new Date(r.held.until).toLocaleTimeString()}` : "")) : "",
+    r.error ? el("div", { class: "error" }, r.error) : "",
+  ];
+}
+function presentForm(r) {
+  const input = el("input", { class: "present-uid", placeholder: "UID, e.g. 1C78F2BF", maxlength: "64",
+    required: "", "aria-label": `card UID to present at ${r.name}` });
+  return el("form", { class: "row operator present",
+    onsubmit: async ev => {
+      ev.preventDefault();
+      try {
+        await api("POST", `readers/${encodeURIComponent(r.name)}/present`, { uid: input.value.trim() });
+        toast(`${r.name}: card ${input.value.trim()} presented`); input.value = "";
+      } catch (e) { toast(e.message); }
+    } }, input, el("button", { type: "submit", class: "present-submit" }, "Present a card"));
+}
+function renderReaders() {
+  // Each reader's card is updated in place: the "present a card" field keeps what is being typed into it.
+  const box = $("#readers");
+  $("#readers-box").hidden = !readers.length;
+  const keep = new Set(readers.map(r => `reader-${r.name}`));
+  for (const c of [...box.children]) if (!keep.has(c.id)) c.remove();
+  readers.forEach((r, i) => {
+    let c = document.getElementById(`reader-${r.name}`);
+    if (!c) c = el("div", { class: "card reader", id: `reader-${r.name}` }, el("div", { class: "info" }));
+    if (box.children[i] !== c) box.insertBefore(c, box.children[i] || null);
+    c.querySelector(".info").replaceChildren(...readerInfo(r));
+    const form = c.querySelector("form.present");
+    if (site && site.present_cards && !form) c.append(presentForm(r));
+    else if (!(site && site.present_cards) && form) form.remove();
+  });
 }
 
 async function setMode(name, mode) {
