@@ -136,9 +136,10 @@ class EvcServer:
     name = "evc"
 
     def __init__(self, n: int, workdir: str, etcd: EtcdServer, prefix: str, startup_timeout_s: float,
-                 site_defaults: bool = False, paced: bool = True):
+                 site_defaults: bool = False, paced: bool = True, setup_concurrency: int | None = None):
         self.n, self.workdir, self.etcd, self.prefix = n, workdir, etcd, prefix
         self.paced = paced                     # False: server/ocpp's setup_concurrency 0 (the code before pacing)
+        self.setup_concurrency = setup_concurrency     # else server/ocpp's setup_concurrency (None: its default)
         self.site_defaults = site_defaults     # a site as configured out of the box (meter values, local list)
         self.root = f"/bench/ocpp-{n}-{int(time.time() * 1000)}"
         self.startup_timeout_s = startup_timeout_s
@@ -149,6 +150,8 @@ class EvcServer:
         kv = {f"{self.root}/server/cs/type": "ocpp", f"{self.root}/server/cs/config/listen": f"127.0.0.1:{port}"}
         if not self.paced:
             kv[f"{self.root}/server/cs/config/setup_concurrency"] = "0"
+        elif self.setup_concurrency is not None:
+            kv[f"{self.root}/server/cs/config/setup_concurrency"] = str(self.setup_concurrency)
         for i in range(1, self.n + 1):
             base = f"{self.root}/charger/{self.prefix}{i:04d}"
             kv.update({f"{base}/type": "ocpp", f"{base}/config/server": "cs", f"{base}/config/A_max": "32"})
@@ -423,6 +426,7 @@ def main() -> int:
                         "(default 1000 with ocpp-rpc, 100,1000 with python)")
     parser.add_argument("--sides", default="bare,evc", help="which central systems: bare, evc, evc-unpaced (EVC with "
                         "server/ocpp's setup_concurrency 0: the set-ups of a storm not paced)")
+    parser.add_argument("--setup-concurrency", type=int, help="server/ocpp's setup_concurrency for the evc side")
     parser.add_argument("--rate", type=float, default=500.0, help="CALLs/s of the fixed-rate phase")
     parser.add_argument("--rate-s", type=float, default=10.0)
     parser.add_argument("--saturate-s", type=float, default=10.0)
@@ -455,7 +459,7 @@ def main() -> int:
                     print(f"... round {r + 1}: {side} CS, {n} chargers", file=sys.stderr, flush=True)
                     server = BareServer(n, workdir) if side == "bare" else EvcServer(
                         n, workdir, etcd, args.prefix, args.startup_timeout_s, site_defaults=storm,
-                        paced=side != "evc-unpaced")
+                        paced=side != "evc-unpaced", setup_concurrency=args.setup_concurrency)
                     try:
                         outcome = measure_storm(server, n, args) if storm else measure(server, n, args)
                     except (RuntimeError, TimeoutError, OSError, ValueError) as e:

@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -38,8 +39,13 @@ DEMO_ETCD_PORT = 23790
 OCPP_PORT = 19000
 # reader/r1's simulator: a line reader (python -m evc.sim.rfid line) behind a serial-over-TCP tunnel.
 READER_PORT = 15487
+# The roaming network: a simulated eMSP (python -m evc.sim.emsp) and front/plugsurfing's own OCPI endpoints.
+EMSP_PORT = 19100
+OCPI_PORT = 19101
+EMSP_TOKEN_A = "DEMO-EMSP-TOKEN-A"
 PORTS = {15020: "meter/m1's bus", 15021: "meter/grid's bus", 15485: "conn/s123's remote",
-         READER_PORT: "reader/r1's remote", OCPP_PORT: "server/cs's listen"}
+         READER_PORT: "reader/r1's remote", OCPP_PORT: "server/cs's listen", EMSP_PORT: "the demo's eMSP",
+         OCPI_PORT: "front/plugsurfing's listen"}
 # The OCPP charger of examples/seed-site.yaml (charger/cp2 on server/cs) and the card of its token list.
 OCPP_URL = f"ws://127.0.0.1:{OCPP_PORT}/ocpp"
 CP_ID = "cp2"
@@ -48,6 +54,8 @@ PAGE_URL = "http://127.0.0.1:8080/"
 DEMO_TAG = "DEMO1234"
 # The card the demo adds to the token list for reader/r1 (a 13.56 MHz card's UID in the OCPP form).
 DEMO_CARD = "1C78F2BF"
+# A roaming driver's card: not in the site's token list; the eMSP authorizes it in real time.
+ROAMING_CARD = "04A1B2C3DD"
 CHARGERS = ("s1", CP_ID)
 # The scenario's base loads (A on L1, L2, L3): the sim config's, then a rise that leaves the two cars 18 A of the
 # 32 A per phase that control/master may use on L1: 9 A each.
@@ -328,9 +336,11 @@ class Demo:
         proc = self.spawn("the site simulator",
                           [sys.executable, "-m", "evc.sim.site", "--config", str(SIM_CONFIG.relative_to(REPO)),
                            "--control-port", str(self.control_port)], stdout=subprocess.DEVNULL)
-        for port in (*(p for p in PORTS if p not in (OCPP_PORT, READER_PORT)), self.control_port):
+        for port in (*(p for p in PORTS if p not in (OCPP_PORT, READER_PORT, EMSP_PORT, OCPI_PORT)),
+                     self.control_port):
             wait_for_port(port, proc, "the site simulator")
         self.start_reader()
+        self.start_emsp()
 
     def start_reader(self) -> None:
         """reader/r1's device: a simulated line reader (one card per ASCII line) behind a ser2net-style TCP tunnel;
@@ -341,6 +351,43 @@ class Demo:
                            "--control-port", str(self.reader_control_port)], stdout=subprocess.DEVNULL)
         for port in (READER_PORT, self.reader_control_port):
             wait_for_port(port, proc, "the line reader simulator")
+
+    def start_emsp(self) -> None:
+        """The roaming network's side: a simulated eMSP that front/plugsurfing registers with; what it receives from
+        EVC (the Location, real-time authorizations, Sessions, the CDR) is printed as it arrives."""
+        proc = self.spawn("the eMSP simulator (OCPI, for front/plugsurfing)",
+                          [sys.executable, "-m", "evc.sim.emsp", "--port", str(EMSP_PORT), "--token-a", EMSP_TOKEN_A,
+                           "--allow", ROAMING_CARD], stdout=subprocess.PIPE, text=True, bufsize=1)
+        first = proc.stdout.readline()
+        if not first.startswith("PORT "):
+            raise RuntimeError(f"the eMSP simulator did not start: {first!r}")
+        self.cdrs: list[dict] = []
+        self._session_seen: dict[str, tuple] = {}
+        threading.Thread(target=self._emsp_events, args=(proc,), daemon=True).start()
+
+    def _emsp_events(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            kind, obj = event.get("event"), event.get("object") or {}
+            if kind == "location" and event.get("method") == "PUT" and "/" not in event.get("path", "/"):
+                self.say(f"eMSP: received the Location {obj.get('id')} with "
+                         f"{len(obj.get('evses') or [])} EVSEs from front/plugsurfing")
+            elif kind == "authorize":
+                answer = (event.get("answer") or {}).get("allowed", "unknown card")
+                self.say(f"eMSP: real-time authorization of card {event.get('uid')}: {answer}")
+            elif kind == "session":
+                key = (obj.get("status"), round(float(obj.get("kwh") or 0), 1))
+                if self._session_seen.get(obj.get("id")) != key:
+                    self._session_seen[obj.get("id")] = key
+                    self.say(f"eMSP: session {obj.get('id')} {obj.get('status')}, {obj.get('kwh', 0)} kWh")
+            elif kind == "cdr":
+                cost = (obj.get("total_cost") or {}).get("incl_vat", (obj.get("total_cost") or {}).get("excl_vat"))
+                self.say(f"eMSP: CDR {obj.get('id')}: {obj.get('total_energy')} kWh, {cost} "
+                         f"{obj.get('currency')} (the charger's own meter difference)")
+                self.cdrs.append(obj)
 
     def start_charge_point(self) -> None:
         """The OCPP charger simulator as charger cp2; it connects to EVC's server/cs (and retries until it is up)."""
@@ -396,6 +443,21 @@ class Demo:
         etcd_put(self.url, f"{root}/front/local/config/present_cards", "true")
         self.say(f"added token/{DEMO_CARD} (a card for reader/r1) and turned on the page's \"present a card\" "
                  f"(front/local/config/present_cards true)")
+        # front/plugsurfing registers with the demo's eMSP (a real site is given Plugsurfing's versions URL and
+        # token A by its partner support; docs/ocpi.md).
+        roaming = {
+            "versions_url": f"http://127.0.0.1:{EMSP_PORT}/ocpi/versions", "token_a": EMSP_TOKEN_A,
+            "country_code": "DE", "party_id": "EVC", "business_name": "EVC demo site",
+            "listen": f"127.0.0.1:{OCPI_PORT}", "public_url": f"http://127.0.0.1:{OCPI_PORT}",
+            "location/id": "SEED", "location/name": "EVC seed site", "location/address": "Demo street 1",
+            "location/city": "Berlin", "location/postal_code": "10115", "location/country": "DEU",
+            "location/coordinates/latitude": "52.52", "location/coordinates/longitude": "13.405",
+            "tariff/currency": "EUR", "tariff/price_per_kWh": "0.39", "tariff/vat_percent": "19",
+            "session_update_s": "5", "retry_min_s": "0.5", "retry_max_s": "5"}
+        for leaf, value in roaming.items():
+            etcd_put(self.url, f"{root}/front/plugsurfing/config/{leaf}", value)
+        self.say(f"configured front/plugsurfing for the demo's eMSP at 127.0.0.1:{EMSP_PORT} (versions_url, "
+                 f"token_a, its party DE*EVC and the site's Location)")
 
     def sim_command(self, line: str) -> dict:
         """One command to the site simulator's control port; its JSON answer."""
@@ -449,6 +511,10 @@ reader/r1 (serving s1) is a simulated line reader on 127.0.0.1:{READER_PORT}; ho
 or use the page's "present a card" (front/local's present_cards is on in the demo):
 
     echo 'present {DEMO_CARD}' | nc -q1 127.0.0.1 {self.reader_control_port}
+
+front/plugsurfing (OCPI 2.2.1) is registered with a simulated eMSP at 127.0.0.1:{EMSP_PORT} (python -m evc.sim.emsp),
+which authorizes the roaming card {ROAMING_CARD}; EVC's own OCPI endpoints: http://127.0.0.1:{OCPI_PORT}/ocpi/versions
+(docs/ocpi.md). Lines starting "demo: eMSP:" are what the eMSP receives.
 
 Ctrl-C stops everything.
 """, flush=True)
@@ -567,7 +633,34 @@ Ctrl-C stops everything.
         if view is not None and raised(view):
             self.say(f"control raised s1 to {view.allocated_A('s1'):g} A and {CP_ID} to "
                      f"{view.allocated_A(CP_ID):g} A ({time.monotonic() - started:.1f} s after the fall)")
+        self.watch(step_s)
+        self.roaming_session(step_s)
         self.say("the scenario is done; the site keeps running (try the commands above). Ctrl-C stops it.")
+
+    def roaming_session(self, step_s: float) -> None:
+        self.say(f"step 5: the car at {CP_ID} leaves; a Plugsurfing driver plugs in and shows the card "
+                 f"{ROAMING_CARD}, which the site's token list does not know: EVC asks the eMSP in real time "
+                 f"(front/plugsurfing), the eMSP's driver charges, and the eMSP gets the Session and, at the end, "
+                 f"the CDR")
+        self.cp.command("unplug")
+        self.watch(step_s + 15, lambda v: v.session_state(CP_ID) is None, f"{CP_ID}'s session ended")
+        answer = self.cp.command(f"plug {ROAMING_CARD}")
+        if not answer.get("ok"):
+            self.say(f"the OCPP charger simulator refused to plug: {answer.get('error')}")
+            return
+        self.watch(step_s + 30, lambda v: v.charging(CP_ID), f"{CP_ID} charging the roaming driver's car")
+        self.watch(max(step_s, 6.0))          # at least one Session update with energy
+        cdrs = len(self.cdrs)
+        self.say(f"the roaming driver unplugs at {CP_ID}")
+        self.cp.command("unplug")
+        deadline = time.monotonic() + step_s + 30
+        while len(self.cdrs) == cdrs and time.monotonic() < deadline:
+            self.watch(0.5)
+        if len(self.cdrs) > cdrs:
+            self.say("the roaming session is billed: the CDR went to the eMSP once, through front/plugsurfing's "
+                     "durable queue (front/plugsurfing/data/queue/)")
+        else:
+            self.say("no CDR reached the eMSP yet: see front/plugsurfing/state/ (evc status)")
 
     def screenshot(self, path: str) -> None:
         """front/local's page in headless Chromium, as PNG (docs/img/page.png); skipped with a reason if it cannot."""

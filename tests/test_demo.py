@@ -169,8 +169,10 @@ def test_demo_charges_two_cars_on_one_fuse_control_lowers_both_when_the_base_loa
         sid = kv["charger/s1/data/sessions/current"]
         assert json.loads(kv[f"charger/s1/data/sessions/{sid}"])["state"] in ("authorized", "charging")
         assert kv["control/master/state/mode"] == "normal"
-        # The seed names front/plugsurfing without its OCPI party and location: not started, and it says why.
-        assert "config/country_code: missing" in kv["front/plugsurfing/state/error"]
+        # The demo gives the seed's front/plugsurfing its party and Location and a simulated eMSP: it registers.
+        _wait(lambda: _etcd_json(url, "/evc/seed").get("front/plugsurfing/state/registration") == "registered", 20,
+              "front/plugsurfing registered with the demo's eMSP")
+        assert "eMSP: received the Location SEED" in log()
         # front/local serves the page on 127.0.0.1:8080, unless something else holds that port here: then it says so.
         if kv.get("front/local/state/listening") == "127.0.0.1:8080":
             import urllib.request
@@ -227,6 +229,12 @@ def test_demo_charges_two_cars_on_one_fuse_control_lowers_both_when_the_base_loa
             time.sleep(0.1)
         assert "step 3: the base load rises" in log() and "both chargers" in log()
         assert f"--etcd {url} --root /evc/seed status" in log()
+        # Step 5: a roaming driver's card at cp2, authorized by the eMSP in real time, charged and billed once.
+        _wait(lambda: "eMSP: CDR " in log(), 120, "the roaming session's CDR at the eMSP")
+        assert "eMSP: real-time authorization of card 04A1B2C3DD: ALLOWED" in log()
+        assert re.search(r"eMSP: session \S+ ACTIVE, [0-9.]+ kWh", log()), log()
+        energy = re.search(r"eMSP: CDR \S+: ([0-9.]+) kWh", log())
+        assert energy and float(energy.group(1)) > 0 and log().count("eMSP: CDR ") == 1, log()
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -20,7 +20,7 @@ from twisted.internet import defer
 
 
 class SetupPacer:
-    def __init__(self, clock, slots: int = 16, probe_s: float = 0.05, max_lag_s: float = 0.02,
+    def __init__(self, clock, slots: int = 4, probe_s: float = 0.05, max_lag_s: float = 0.02,
                  quiet_s: float = 0.2):
         self.clock = clock
         self.slots = slots

@@ -74,7 +74,7 @@ class OcppServerConfig:
     max_frame_bytes: int = 65536
     call_timeout_s: float = 30.0
     heartbeat_interval_s: int = 300
-    setup_concurrency: int = 16
+    setup_concurrency: int = 4
 
     def __post_init__(self):
         host_port(self.listen)

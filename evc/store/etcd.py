@@ -341,8 +341,10 @@ class EtcdStore:
             return f
         if f.check(*_UNREACHABLE):
             hint = ""
+            # A TLS port closes a plain request's connection, cleanly or not (both are seen).
+            closed = (ierror.ConnectionDone, ierror.ConnectionLost)
             if self.url.startswith("http:") and f.check(ResponseNeverReceived) and all(
-                    isinstance(r, Failure) and r.check(ierror.ConnectionDone) for r in f.value.reasons):
+                    isinstance(r, Failure) and r.check(*closed) for r in f.value.reasons):
                 hint = " (if etcd serves TLS on this port, use an https:// URL)"
             return Failure(StoreUnavailable(f"etcd at {self.url} unreachable: {_reason(f)}{hint}"))
         return f
