@@ -5,14 +5,12 @@ transactionData; the MeterValueSampleInterval it sets reaches the charge point."
 from __future__ import annotations
 
 import pytest
-import pytest_twisted
 from ocpp.v16 import call
-from twisted.internet import reactor
 
-from cs_rig import Site, asyncio_test, close_cp, connect_cp, until, wait
+from cs_rig import asyncio_test, close_cp, connect_cp, until, wait
 from evc.ocpp.bridge import to_deferred
-from evc.store import EtcdStore
 from front_helpers import Upstream
+from test_ocpp_end_to_end import etcd_site  # noqa: F401 (the fixture: cs_rig's Site on the real etcd)
 
 
 @pytest.fixture
@@ -20,18 +18,6 @@ def upstream(tmp_path):
     up = Upstream(tmp_path).start_blocking()
     yield up
     up.kill()
-
-
-@pytest.fixture
-def etcd_site(etcd_session, etcd_root):
-    store = EtcdStore(etcd_session.url, reactor)
-    site = Site(store=store, root=etcd_root)
-    yield site
-
-    async def down():
-        await site.stop()
-        await wait(store.close())
-    pytest_twisted.blockon(to_deferred(down()))
 
 
 def sampled(n, energy_Wh):
