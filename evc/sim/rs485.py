@@ -115,18 +115,20 @@ class BusPort:
 
 
 @implementer(IReadDescriptor)
-class _PtyReader:
-    """Reads what EVC writes to the pty slave, from the master side."""
+class PtyReader:
+    """Reads what EVC writes to a pty slave, from the master side, and hands it to `deliver` (the simulated bus or
+    device behind that pty; evc.sim.serial_line uses it too)."""
 
-    def __init__(self, bus: "SimRs485Bus", master_fd: int):
-        self._bus = bus
+    def __init__(self, name: str, master_fd: int, deliver):
+        self._name = name
         self._fd = master_fd
+        self._deliver = deliver
 
     def fileno(self) -> int:
         return self._fd
 
     def logPrefix(self) -> str:
-        return f"pty {self._bus.name}"
+        return f"pty {self._name}"
 
     def doRead(self):
         try:
@@ -139,7 +141,7 @@ class _PtyReader:
                 return None
             raise
         if data:
-            self._bus._pty_port.feed(data)
+            self._deliver(data)
         return None
 
     def connectionLost(self, reason):
@@ -202,7 +204,7 @@ class SimRs485Bus:
         # pty state
         self._pty_master: int | None = None
         self._pty_slave: int | None = None
-        self._pty_reader: _PtyReader | None = None
+        self._pty_reader: PtyReader | None = None
         self._pty_port: BusPort | None = None
         self._tty_link: str | None = None
         self._own_tmpdir: str | None = None
@@ -278,7 +280,7 @@ class SimRs485Bus:
         self._pty_master, self._pty_slave = master, slave
         self.pty_slave_path = os.ttyname(slave)
         self._pty_port = self.attach(self._pty_write, name="pty")
-        self._pty_reader = _PtyReader(self, master)
+        self._pty_reader = PtyReader(self.name, master, lambda data: self._pty_port.feed(data))
         self._reactor.addReader(self._pty_reader)
         tmp_link = f"{link_path}.new"
         if os.path.lexists(tmp_link):

@@ -6,7 +6,6 @@ name); `drop_tunnel()` cuts the tunnel's clients. Used by the reader simulators 
 """
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
@@ -15,41 +14,12 @@ import tty
 from typing import Callable
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
+
+from evc.sim.rs485 import PtyReader
 
 log = Logger(namespace="evc.sim.serial_line")
-
-
-@implementer(IReadDescriptor)
-class _PtyReader:
-    def __init__(self, line: "SimSerialLine", fd: int):
-        self.line = line
-        self.fd = fd
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return f"pty {self.line.name}"
-
-    def doRead(self):
-        try:
-            data = os.read(self.fd, 4096)
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            if e.errno == errno.EIO:
-                return None
-            raise
-        if data:
-            self.line._heard(data)
-        return None
-
-    def connectionLost(self, reason):
-        pass
 
 
 class _TunnelProtocol(Protocol):
@@ -77,7 +47,7 @@ class SimSerialLine:
         self.connections = 0             # tunnel clients accepted so far
         self._master: int | None = None
         self._slave: int | None = None
-        self._reader: _PtyReader | None = None
+        self._reader: PtyReader | None = None
         self._link: str | None = None
         self._tmpdir: str | None = None
         self._listening = None
@@ -129,7 +99,7 @@ class SimSerialLine:
         tty.setraw(slave, termios.TCSANOW)
         os.set_blocking(master, False)
         self._master, self._slave = master, slave
-        self._reader = _PtyReader(self, master)
+        self._reader = PtyReader(self.name, master, self._heard)
         self.reactor.addReader(self._reader)
         tmp = f"{link_path}.new"
         if os.path.lexists(tmp):
