@@ -1,16 +1,11 @@
-"""Fixtures of front/ocpi's tests: this folder's helper modules importable by name, every log event of a failed
-test printed with its report."""
-import os
-import sys
-
+"""The fronts' tests (ocpp, ocpi, manual): every twisted.logger event of a test, printed when it fails."""
 import pytest
 from twisted.logger import formatEvent, globalLogPublisher
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 
 @pytest.fixture(autouse=True)
 def log_events(request):
+    """Every twisted.logger event emitted during the test (shown with the failure report)."""
     seen: list[dict] = []
     globalLogPublisher.addObserver(seen.append)
     yield seen
