@@ -114,6 +114,24 @@ class BusPort:
         self._bus._detach(self)
 
 
+def raw_pty() -> tuple[int, int]:
+    """A new pty (master, slave): the slave in raw mode, so no byte is echoed, translated or held back for a newline;
+    the master non-blocking, for the reactor."""
+    master, slave = os.openpty()
+    tty.setraw(slave, termios.TCSANOW)
+    os.set_blocking(master, False)
+    return master, slave
+
+
+def point_link(link_path: str, target: str) -> None:
+    """Make `link_path` a symlink to `target`, replaced atomically: a stable name like udev's /dev/rs485-1."""
+    tmp = f"{link_path}.new"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, link_path)
+
+
 @implementer(IReadDescriptor)
 class PtyReader:
     """Reads what EVC writes to a pty slave, from the master side, and hands it to `deliver` (the simulated bus or
@@ -269,24 +287,17 @@ class SimRs485Bus:
                 link_path = os.path.join(self._own_tmpdir, self.name)
             else:
                 link_path = self._tty_link
-        master, slave = os.openpty()
-        # Raw mode on the line discipline, so no byte is echoed, translated or held back for a newline.
-        tty.setraw(slave, termios.TCSANOW)
+        master, slave = raw_pty()
         if self.timing and self.timing.baud in _TERMIOS_BAUD:
             attrs = termios.tcgetattr(slave)
             attrs[4] = attrs[5] = _TERMIOS_BAUD[self.timing.baud]
             termios.tcsetattr(slave, termios.TCSANOW, attrs)
-        os.set_blocking(master, False)
         self._pty_master, self._pty_slave = master, slave
         self.pty_slave_path = os.ttyname(slave)
         self._pty_port = self.attach(self._pty_write, name="pty")
         self._pty_reader = PtyReader(self.name, master, lambda data: self._pty_port.feed(data))
         self._reactor.addReader(self._pty_reader)
-        tmp_link = f"{link_path}.new"
-        if os.path.lexists(tmp_link):
-            os.unlink(tmp_link)
-        os.symlink(self.pty_slave_path, tmp_link)
-        os.replace(tmp_link, link_path)
+        point_link(link_path, self.pty_slave_path)
         self._tty_link = link_path
         log.info("{bus}: pty {tty_path} -> {slave}", bus=self.name, tty_path=link_path, slave=self.pty_slave_path)
         return link_path

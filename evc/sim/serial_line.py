@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import termios
-import tty
 from typing import Callable
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from evc.sim.rs485 import PtyReader
+from evc.sim.rs485 import PtyReader, point_link, raw_pty
 
 log = Logger(namespace="evc.sim.serial_line")
 
@@ -95,17 +93,11 @@ class SimSerialLine:
                 link_path = os.path.join(self._tmpdir, self.name)
             else:
                 link_path = self._link
-        master, slave = os.openpty()
-        tty.setraw(slave, termios.TCSANOW)
-        os.set_blocking(master, False)
+        master, slave = raw_pty()
         self._master, self._slave = master, slave
         self._reader = PtyReader(self.name, master, self._heard)
         self.reactor.addReader(self._reader)
-        tmp = f"{link_path}.new"
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(os.ttyname(slave), tmp)
-        os.replace(tmp, link_path)
+        point_link(link_path, os.ttyname(slave))
         self._link = link_path
         return link_path
 
