@@ -521,10 +521,9 @@ class OcppCharger(Instance):
             log.info("{charger}: TriggerMessage StatusNotification not done ({error})", charger=self.ctx.key,
                      error=str(e))
 
-    async def _configure_meter_values(self, conn) -> None:
-        interval = self.meter_interval_s
-        wanted = [("MeterValueSampleInterval", str(interval))]
-        if self.config.meter_interval_s:
+    async def _configure_meter_values(self, conn, interval_only: bool = False) -> None:
+        wanted = [("MeterValueSampleInterval", str(self.meter_interval_s))]
+        if self.config.meter_interval_s and not interval_only:
             wanted.append(("MeterValuesSampledData", METER_DATA))
         for key, value in wanted:
             try:
@@ -552,27 +551,12 @@ class OcppCharger(Instance):
 
     def set_meter_interval(self, seconds: int) -> defer.Deferred:
         """A front's backend set MeterValueSampleInterval: it reaches the charge point now (when connected) and after
-        every connection, until EVC restarts (the front keeps the backend's value and sets it again at its start).
-        Fires with the charge point's answer (status), or "pending" when it is not connected."""
+        every connection, until EVC restarts (the front keeps the backend's value and sets it again at its start)."""
         self.upstream_meter_interval_s = int(seconds)
         self.ctx.state.set("meter_interval_s", self.upstream_meter_interval_s)
-        conn = self.conn
-        if conn is None or not self._ready:
-            return defer.succeed("pending")
-
-        def answered(result):
-            status = result.get("status")
-            if status not in ("Accepted", "RebootRequired"):
-                log.warn("{charger}: the charge point answered {status} to MeterValueSampleInterval={value}",
-                         charger=self.ctx.key, status=status, value=seconds)
-            return status
-
-        def failed(f):
-            log.info("{charger}: ChangeConfiguration MeterValueSampleInterval not done ({error})",
-                     charger=self.ctx.key, error=f.getErrorMessage())
-            return "failed"
-        d = conn.call("ChangeConfiguration", {"key": "MeterValueSampleInterval", "value": str(int(seconds))})
-        return d.addCallbacks(answered, failed)
+        if self.conn is None or not self._ready:
+            return defer.succeed(None)      # sent with the set-up of the next connection
+        return defer.ensureDeferred(self._configure_meter_values(self.conn, interval_only=True))
 
     def _relay(self, kind: str, tx_id: int | None, values: list) -> None:
         """Hand the charge point's own meter values to the fronts (front/ocpp relays them to its backend): `kind`
