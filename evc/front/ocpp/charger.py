@@ -475,7 +475,7 @@ class BridgedCharger:
         values, sid = event.get("meter_value") or [], event.get("session")
         if event.get("kind") == "transaction_data":
             if sid is not None and sid in self.records:
-                self._transaction_data[sid] = list(self._transaction_data.get(sid, [])) + list(values)
+                self._transaction_data.setdefault(sid, []).extend(values)
             return
         if sid is None:
             if event.get("transaction_id") is None and self.link.accepted:
