@@ -31,7 +31,6 @@ class SetupPacer:
         self.active = 0
         self.lagging = False
         self.admitted = 0                  # set-ups let through since start (state, tests)
-        self.max_waiting = 0
         self._waiting: deque[defer.Deferred] = deque()
         self._probe = None
 
@@ -57,7 +56,6 @@ class SetupPacer:
             return defer.succeed(None)
         d = defer.Deferred(canceller=self._withdraw)
         self._waiting.append(d)
-        self.max_waiting = max(self.max_waiting, len(self._waiting))
         self._start_probe()
         return d
 
