@@ -10,12 +10,12 @@ sees Deferreds only. What a connection does:
   (`max_frame_bytes` x HARD_LIMIT_FACTOR), which websockets closes with 1009 to protect memory.
 - Incoming CALLs are handled one at a time in arrival order (OCPP-J: one CALL in flight per direction) by a task of
   their own, so replies to EVC's own CALLs are read while a slow CALL (an upstream authorization) is handled.
-- Payloads are validated with the `ocpp` library's v16 JSON schemas, and schema errors are mapped to CALLERROR codes
-  as the library maps them (type -> TypeConstraintViolation, required -> ProtocolError, most others ->
+- Payloads are validated with the `ocpp` library's v16 JSON schemas (compiled once, evc.ocpp.validate), and schema
+  errors are mapped to CALLERROR codes as the library maps them (type -> TypeConstraintViolation, required -> ProtocolError, most others ->
   FormatViolation). An action that OCPP 1.6 does not define -> NotImplemented; a 1.6 action that a charge point does
   not send (or that EVC does not handle) -> NotSupported.
-- Outgoing CALLs go through the library's `call()` with its own `response_timeout` (= `call_timeout_s`); it is never
-  wrapped in a shorter timeout (replies would go out of step, DESIGN §8). They go out one at a time, in order,
+- Outgoing CALLs: EVC's camelCase payload is checked against the schema and sent as it is; the reply is awaited for
+  `call_timeout_s`, never less (replies would go out of step, DESIGN §8), and checked against its schema too. They go out one at a time, in order,
   except that charging limits (priority) overtake ordinary CALLs that wait. Only the reply whose id the pending call
   waits for is passed to it; anything else (a late reply after a timeout) is logged and dropped, so the next call
   is not confused by it.
@@ -34,7 +34,6 @@ import asyncio
 import decimal
 import heapq
 import json
-import logging
 import re
 import uuid
 from typing import Any
@@ -46,7 +45,6 @@ from ocpp.exceptions import (
 )
 from ocpp import messages as ocpp_messages
 from ocpp.messages import Call, CallError, CallResult
-from ocpp.v16 import ChargePoint as _V16ChargePoint
 from ocpp.v16.enums import Action
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -89,14 +87,8 @@ _KNOWN_ERROR_CODES = {cls.code for cls in OCPPError.__subclasses__()}
 # The library validates payloads in asyncio's thread pool by default. jsonschema is pure Python and holds the GIL,
 # so a thread gains nothing, and each CALL then costs a thread hand-off plus up to a GIL switch interval (5 ms) of
 # waiting for the reactor: under a thousand chargers' traffic that made the loop stall. Validate inline instead (this
-# is the library's own switch; it applies to its call() for EVC's CALLs too).
+# is the library's own switch; evc.ocpp.validate calls its validate_payload for the payloads it refuses).
 ocpp_messages.ASYNC_VALIDATION = False
-
-# The library logs every frame at INFO (id tags included): EVC logs what it needs itself.
-_QUIET = logging.getLogger("evc.ocpp.library")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
-_QUIET.setLevel(logging.CRITICAL + 1)
 
 
 class NotConnected(Exception):
@@ -104,7 +96,7 @@ class NotConnected(Exception):
 
 
 class CallTimeout(Exception):
-    """No reply to a CALL within the library's response timeout (call_timeout_s)."""
+    """No reply to a CALL within call_timeout_s."""
 
 
 class OcppCallError(Exception):
@@ -115,14 +107,6 @@ class OcppCallError(Exception):
         self.code = code
         self.description = description
         self.details = details or {}
-
-
-class _Library(_V16ChargePoint):
-    """The library's charge point object, used for its call(): lock, validation, response timeout."""
-
-    # The id of the CALL whose reply call() waits for. Set before the frame goes out: a quick charge point may answer
-    # before websockets' send() returns.
-    awaiting: str | None = None
 
 
 class CentralConnection:
@@ -141,7 +125,10 @@ class CentralConnection:
         self.closed = False
         self.close_reason = ""
         self.frames_in = 0
-        self._lib = _Library(cp_id, ws, response_timeout=call_timeout_s, logger=_QUIET)
+        # The id of the CALL whose reply _call() waits for, set before the frame goes out (a quick charge point may
+        # answer before websockets' send() returns), and where that reply arrives.
+        self._awaiting: str | None = None
+        self._replies: asyncio.Queue = asyncio.Queue()
         self._calls_in: asyncio.Queue = asyncio.Queue()
         self._pending: set[asyncio.Task] = set()
         self._outbox: list = []                  # heap of (priority, seq, action, payload, future)
@@ -304,12 +291,12 @@ class CentralConnection:
             log.warn("{cp_id}: dropped a malformed {what} (a reply is never answered)", cp_id=self.cp_id,
                      what="CALLRESULT" if kind == 3 else "CALLERROR")
             return
-        if uid != self._lib.awaiting:
+        if uid != self._awaiting:
             log.warn("{cp_id}: {what} for unknown message id {id} ignored (no CALL of EVC waits for it)",
                      cp_id=self.cp_id, what="CALLRESULT" if kind == 3 else "CALLERROR", id=uid[:40])
             return
         if kind == 3:
-            self._lib._response_queue.put_nowait(CallResult(uid, msg[2]))
+            self._replies.put_nowait(CallResult(uid, msg[2]))
             return
         code = _ERROR_SPELLINGS.get(msg[2], msg[2])
         description = msg[3]
@@ -317,7 +304,7 @@ class CentralConnection:
             description = f"{msg[2]}: {description}"
             code = "GenericError"
         details = msg[4] if len(msg) == 5 and isinstance(msg[4], dict) else {}
-        self._lib._response_queue.put_nowait(CallError(uid, code, description, details))
+        self._replies.put_nowait(CallError(uid, code, description, details))
 
     # --- CALLs in ---
 
@@ -454,10 +441,10 @@ class CentralConnection:
             log.error("{cp_id}: EVC's own {action} breaks the schema: {error}", cp_id=self.cp_id, action=action,
                       error=e.description or e.details)
             raise OcppCallError(e.code, e.description, e.details) from None
-        queue = self._lib._response_queue
+        queue = self._replies
         while not queue.empty():            # a reply that came as an earlier CALL timed out
             queue.get_nowait()
-        self._lib.awaiting = uid       # calls run one at a time (_send_calls): no other call waits meanwhile
+        self._awaiting = uid           # calls run one at a time (_send_calls): no other call waits meanwhile
         try:
             await self.ws.send(request.to_json())
             response = await asyncio.wait_for(queue.get(), self.call_timeout_s)
@@ -470,7 +457,7 @@ class CentralConnection:
         except ConnectionClosed:
             raise NotConnected(f"{self.cp_id}: the connection ended while sending {action}") from None
         finally:
-            self._lib.awaiting = None
+            self._awaiting = None
         if isinstance(response, CallError):
             raise OcppCallError(response.error_code, response.error_description, response.error_details)
         response.action = action
